@@ -159,7 +159,7 @@ def _day_events(rng: random.Random, cfg: SyntheticConfig, sched: dict, routines:
     for r in routines:
         if wd in r.weekdays and rng.random() < r.prob:
             out.append((day + timedelta(hours=r.hour + r.minute / 60 + rng.gauss(0, cfg.jitter_min) / 60),
-                        r.event))
+                        r.event, "weekly", {}))
     for _ in range(_poisson(rng, cfg.noise_rate)):
         out.append((day + timedelta(hours=rng.uniform(wake, 23.0)), rng.choice(_NOISE_EVENTS), "", {}))
     return out
@@ -273,7 +273,7 @@ def events_file(path: str | Path) -> Population:
 
     path = Path(path).expanduser()
     by_user: dict[str, list] = {}
-    for ev in read_events(path):
+    for ev in read_events(path).events:
         by_user.setdefault(ev.user, []).append(ev)
     devices = [Device(u, sorted(ev, key=lambda e: e.timestamp)) for u, ev in sorted(by_user.items())]
     return Population(f"events:{path}", devices, description=f"events file {path}")
