@@ -63,6 +63,9 @@ def _register_all() -> None:
     from personal import cli_vault
 
     cli_vault.register(app)
+    from personal import cli_label
+
+    cli_label.register(app)
     from simulations import cli_demo
 
     cli_demo.register(app)

@@ -1,0 +1,114 @@
+"""`homebody label ...`: check a generated text's manifest, and test it for the watermark.
+
+Thin layer over `personal.provenance`; torch/transformers are imported only by `detect`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from personal.provenance.errors import ManifestError, WatermarkError
+
+label_app = typer.Typer(help="AI-generated output labels: verify a signed manifest, detect the watermark.", no_args_is_help=True)
+
+KEY_ENV = "HOMEBODY_WATERMARK_KEY"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{path}: no such file") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+
+
+@label_app.command("verify")
+def verify(
+    file: Path = typer.Argument(..., help="The labelled text file."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="Manifest JSON (default: FILE.manifest.json)."),
+    public_key: Optional[str] = typer.Option(None, "--public-key", help="Expected signer key (hex or base64); default: trust the manifest's key for integrity only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+) -> None:
+    """Report valid / tampered / unsigned with the reason; exit 0 only when valid."""
+    from personal.provenance.labelled import sidecar_path
+    from personal.provenance.manifest import load_manifest
+    from personal.provenance.verify import Verdict, verify_labelled
+
+    text = _read_text(file)
+    path = manifest or sidecar_path(file)
+    if not path.is_file():
+        verdict = Verdict("unsigned", f"no manifest found at {path}")
+    else:
+        try:
+            verdict = verify_labelled(text, load_manifest(path.read_bytes()), public_key=public_key)
+        except ManifestError as exc:
+            verdict = Verdict("tampered", str(exc))
+    if as_json:
+        typer.echo(json.dumps({"status": verdict.status, "reason": verdict.reason, "key_id": verdict.key_id}))
+    else:
+        typer.echo(str(verdict))
+    raise typer.Exit(0 if verdict.ok else 1)
+
+
+def _read_key(key_file: Optional[Path]) -> bytes:
+    """The watermark key from --key-file (hex text or raw bytes) or $HOMEBODY_WATERMARK_KEY (hex)."""
+    if key_file is not None:
+        try:
+            data = key_file.read_bytes()
+        except OSError as exc:
+            raise WatermarkError(f"cannot read key file {key_file}: {exc.strerror}") from exc
+        try:
+            return bytes.fromhex(data.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            return data
+    value = os.environ.get(KEY_ENV)
+    if not value:
+        raise WatermarkError(f"no watermark key: pass --key-file or set {KEY_ENV} (hex)")
+    try:
+        return bytes.fromhex(value.strip())
+    except ValueError as exc:
+        raise WatermarkError(f"{KEY_ENV} is not hex") from exc
+
+
+@label_app.command("detect")
+def detect(
+    file: Path = typer.Argument(..., help="The text to test (a visible label, if present, is ignored)."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=f"Watermark key (hex or raw bytes); default ${KEY_ENV}."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="Manifest with the watermark settings (default: FILE.manifest.json if present)."),
+    tokenizer: str = typer.Option("smollm2-135m", "--tokenizer", help="Tokenizer of the generating model: registry name, HF folder, or .gguf file."),
+    threshold: float = typer.Option(4.0, "--threshold", help="z-score above which the text is called watermarked."),
+    as_json: bool = typer.Option(False, "--json", help="Print the detection as JSON."),
+) -> None:
+    """Print the watermark z-score, its p-value and the verdict."""
+    from personal.provenance.labelled import read_sidecar, sidecar_path
+    from personal.provenance.labels import strip_any_label
+    from personal.provenance.tokenizers import load_tokenizer
+    from personal.provenance.watermark import WatermarkSettings, detect_watermark, settings_from_spec
+
+    text = _read_text(file)
+    key = _read_key(key_file)
+    info = read_sidecar(manifest or sidecar_path(file)) if (manifest or sidecar_path(file).is_file()) else None
+    spec = (info or {}).get("watermark") or None
+    settings = settings_from_spec(spec, WatermarkSettings(z_threshold=threshold))
+    content = strip_any_label(text, (info or {}).get("label"))
+    result = detect_watermark(
+        content, load_tokenizer(tokenizer), key, settings=settings, vocab_size=(spec or {}).get("vocab_size")
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+    else:
+        typer.echo(
+            f"score (z) {result.score:.2f}  p-value {result.p_value:.3g}  tokens scored {result.tokens_scored}  "
+            f"verdict: {result.verdict}"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `homebody label` to the root app."""
+    app.add_typer(label_app, name="label")
