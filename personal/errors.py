@@ -75,3 +75,7 @@ class PassphraseMissing(VaultError):
 
 class InvalidArtefact(VaultError, ValueError):
     """An artefact was given with data that is not bytes or meta that is not JSON-serialisable."""
+
+
+class EventsFileError(VaultError):
+    """An events file cannot be read at all (missing, unknown format, not UTF-8, no header)."""

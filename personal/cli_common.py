@@ -1,0 +1,83 @@
+"""Helpers shared by the personal/ CLI modules: the vault path, the passphrase, opening a vault.
+
+The passphrase never comes from the command line. Sources, first found wins:
+`--key-file FILE` (its first line), `$HOMEBODY_PASSPHRASE`, then a hidden prompt on a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from personal.errors import NotAVault, PassphraseMissing
+from personal.vault import Vault
+
+PASSPHRASE_ENV = "HOMEBODY_PASSPHRASE"
+NEW_PASSPHRASE_ENV = "HOMEBODY_NEW_PASSPHRASE"
+VAULT_ENV = "HOMEBODY_VAULT"
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def default_vault_path() -> Path:
+    """$HOMEBODY_VAULT, else ~/.homebody/vault.db."""
+    return Path(os.environ.get(VAULT_ENV) or Path.home() / ".homebody" / "vault.db")
+
+
+VaultPath = Annotated[
+    Optional[Path],
+    typer.Option("--vault", help="Vault file (default: $HOMEBODY_VAULT or ~/.homebody/vault.db).", show_default=False),
+]
+KeyFile = Annotated[
+    Optional[Path],
+    typer.Option("--key-file", help="Read the passphrase from this file's first line (else $HOMEBODY_PASSPHRASE, else a prompt)."),
+]
+
+
+def resolve_vault_path(path: Optional[Path]) -> Path:
+    """The vault path from the option, the environment or the default."""
+    return (path or default_vault_path()).expanduser()
+
+
+def read_key_file(path: Path) -> str:
+    """The passphrase stored in a key file (first line, without its line ending)."""
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PassphraseMissing(f"key file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PassphraseMissing(f"cannot read key file {path}: {exc}") from None
+    first = text.splitlines()[0] if text else ""
+    if not first:
+        raise PassphraseMissing(f"key file {path} is empty")
+    return first
+
+
+def get_passphrase(
+    key_file: Optional[Path] = None, *, env: str = PASSPHRASE_ENV, confirm: bool = False, prompt: str = "Vault passphrase"
+) -> str:
+    """The passphrase from `key_file`, the environment variable `env`, or a hidden prompt."""
+    if key_file is not None:
+        return read_key_file(key_file)
+    if os.environ.get(env):
+        return os.environ[env]
+    if not sys.stdin.isatty():
+        raise PassphraseMissing(f"no passphrase: use --key-file FILE or set {env} (no terminal to prompt on)")
+    value = typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+    if not value:
+        raise PassphraseMissing("the passphrase must not be empty")
+    return value
+
+
+def open_vault(path: Optional[Path], key_file: Optional[Path] = None) -> Vault:
+    """Open the vault at `path` (or the default) with the passphrase from `key_file`/env/prompt."""
+    resolved = resolve_vault_path(path)
+    if not resolved.is_file():
+        raise NotAVault(f"no vault at {resolved}; create one with `homebody vault init --vault {resolved}`")
+    return Vault.open(resolved, get_passphrase(key_file))
