@@ -1,0 +1,1 @@
+"""Benchmark commands: `.venv/bin/python -m benchmarks.<name>`; their output fills docs/BENCHMARKS.md."""
