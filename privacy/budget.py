@@ -1,0 +1,188 @@
+"""Budget policy and the release gate: every DP release goes ``check -> compute -> commit``.
+
+``check`` refuses a release that would cross the profile+unit's cap *before* any training,
+with a :class:`BudgetExhausted` that carries what remains, and writes nothing. ``commit``
+checks again (another release may have landed meanwhile) and appends a signed ledger record.
+
+Record-level (``"record"``: one event of the owner, local DP-SGD) and user-level (``"user"``:
+the whole device, federated rounds) budgets are accounted and capped separately.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+
+import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from privacy.accountant import ACCOUNTANTS, DEFAULT_ACCOUNTANT, SubsampledGaussian, compute_epsilon
+from privacy.errors import HomebodyError
+from privacy.ledger import UNITS, Ledger, LedgerError, LedgerRecord
+
+POLICY_TABLE = "budget_policy"
+
+
+class BudgetError(HomebodyError):
+    """A budget policy or a release request is malformed."""
+
+
+class BudgetExhausted(HomebodyError):
+    """The release would cross the cap. Nothing was written; ``remaining`` says what is left."""
+
+    def __init__(self, *, profile: str, unit: str, spent: float, cap: float, requested: float,
+                 epsilon_after: float, delta: float, window_days: float | None = None):
+        self.profile, self.unit, self.delta = profile, unit, delta
+        self.spent, self.cap, self.requested, self.epsilon_after = spent, cap, requested, epsilon_after
+        self.remaining = max(0.0, cap - spent)
+        self.window_days = window_days
+        scope = f"in the last {window_days:g} days " if window_days is not None else ""
+        super().__init__(
+            f"privacy budget exhausted for profile {profile!r} ({unit}-level): spent epsilon={spent:.4g} {scope}"
+            f"of cap {cap:g}, {self.remaining:.4g} remains; this release (epsilon={requested:.4g} alone) would bring "
+            f"it to {epsilon_after:.4g} at delta={delta:g}. Nothing was trained or recorded."
+        )
+
+
+@dataclass(frozen=True)
+class BudgetPolicy:
+    """Total epsilon cap at a fixed delta, optionally also a cap per rolling window of days."""
+
+    epsilon_cap: float
+    delta: float
+    window_days: float | None = None
+    window_cap: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epsilon_cap, (int, float)) or not (0 < self.epsilon_cap < math.inf):
+            raise BudgetError(f"epsilon cap must be a finite number > 0, got {self.epsilon_cap!r}")
+        if not isinstance(self.delta, (int, float)) or not (0 < self.delta < 1):
+            raise BudgetError(f"delta must be in (0, 1), got {self.delta!r}")
+        if (self.window_days is None) != (self.window_cap is None):
+            raise BudgetError("window_days and window_cap go together: give both or neither")
+        if self.window_days is not None and not (self.window_days > 0 and 0 < self.window_cap < math.inf):
+            raise BudgetError(f"window needs days > 0 and a finite cap > 0, got {self.window_days!r}, {self.window_cap!r}")
+
+
+# Used when a profile+unit has no policy of its own. epsilon 8 at delta 1e-5 is a common
+# upper end for DP-SGD deployments; set a tighter one with `ReleaseGate.set_policy`.
+DEFAULT_POLICY = BudgetPolicy(epsilon_cap=8.0, delta=1e-5)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_target(profile: str, unit: str) -> None:
+    if not isinstance(profile, str) or not profile:
+        raise BudgetError(f"profile must be a non-empty string, got {profile!r}")
+    if unit not in UNITS:
+        raise BudgetError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+
+
+class ReleaseGate:
+    """Checks releases against the policy and records them in the signed ledger."""
+
+    def __init__(self, db: sqlite_utils.Database, signer: Ed25519PrivateKey | None = None,
+                 accountant: str = DEFAULT_ACCOUNTANT, clock: Callable[[], datetime] = _now):
+        if accountant not in ACCOUNTANTS:
+            raise BudgetError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
+        self.db, self.signer, self.accountant, self._clock = db, signer, accountant, clock
+        self.ledger = Ledger(db)
+        if POLICY_TABLE not in db.table_names():
+            db[POLICY_TABLE].create(
+                {"profile": str, "unit": str, "epsilon_cap": float, "delta": float, "window_days": float,
+                 "window_cap": float, "time": str},
+                pk=("profile", "unit"),
+            )
+
+    # -- policy ----------------------------------------------------------------------------
+    def set_policy(self, profile: str, unit: str, policy: BudgetPolicy) -> None:
+        """Set (or replace) the policy of one profile+unit."""
+        _check_target(profile, unit)
+        row = dict(profile=profile, unit=unit, time=self._clock().isoformat(), **asdict(policy))
+        with self.db.conn:
+            self.db[POLICY_TABLE].upsert(row, pk=("profile", "unit"))
+
+    def policy(self, profile: str, unit: str) -> BudgetPolicy:
+        """The profile+unit's policy, or :data:`DEFAULT_POLICY`."""
+        _check_target(profile, unit)
+        rows = list(self.db.query(f"select * from [{POLICY_TABLE}] where profile = ? and unit = ?", [profile, unit]))
+        if not rows:
+            return DEFAULT_POLICY
+        r = rows[0]
+        return BudgetPolicy(r["epsilon_cap"], r["delta"], r["window_days"], r["window_cap"])
+
+    # -- accounting ------------------------------------------------------------------------
+    def _releases(self, profile: str, unit: str, since: datetime | None = None) -> list[SubsampledGaussian | None]:
+        recs = self.ledger.records(profile, unit)
+        if since is not None:
+            recs = [r for r in recs if datetime.fromisoformat(r.time) >= since]
+        return [r.release() for r in recs]
+
+    def _epsilon(self, releases: list[SubsampledGaussian | None], delta: float) -> float:
+        if any(r is None for r in releases):
+            return math.inf
+        return compute_epsilon(releases, delta, self.accountant)
+
+    def spent(self, profile: str, unit: str) -> float:
+        """Epsilon of all recorded releases of this profile+unit, at the policy's delta."""
+        return self._epsilon(self._releases(profile, unit), self.policy(profile, unit).delta)
+
+    def remaining(self, profile: str, unit: str) -> float:
+        """What the total cap still allows (0 when spent); the window cap may allow less now."""
+        return max(0.0, self.policy(profile, unit).epsilon_cap - self.spent(profile, unit))
+
+    def check(self, profile: str, unit: str, mech: SubsampledGaussian) -> float:
+        """Epsilon after this release; raise :class:`BudgetExhausted` if it crosses a cap. Writes nothing."""
+        _check_target(profile, unit)
+        if not isinstance(mech, SubsampledGaussian):
+            raise BudgetError(f"mech must be a SubsampledGaussian, got {type(mech).__name__}")
+        pol = self.policy(profile, unit)
+        past = self._releases(profile, unit)
+        spent = self._epsilon(past, pol.delta)
+        after = self._epsilon(past + [mech], pol.delta)
+        if after > pol.epsilon_cap:
+            raise BudgetExhausted(profile=profile, unit=unit, spent=spent, cap=pol.epsilon_cap,
+                                  requested=self._epsilon([mech], pol.delta), epsilon_after=after, delta=pol.delta)
+        if pol.window_days is not None:
+            recent = self._releases(profile, unit, since=self._clock() - timedelta(days=pol.window_days))
+            w_after = self._epsilon(recent + [mech], pol.delta)
+            if w_after > pol.window_cap:
+                raise BudgetExhausted(profile=profile, unit=unit, spent=self._epsilon(recent, pol.delta),
+                                      cap=pol.window_cap, requested=self._epsilon([mech], pol.delta),
+                                      epsilon_after=w_after, delta=pol.delta, window_days=pol.window_days)
+        return after
+
+    # -- recording -------------------------------------------------------------------------
+    def commit(self, profile: str, unit: str, mech: SubsampledGaussian, artefact_sha256: str,
+               mechanism: str = "dp-sgd", details: dict | None = None) -> LedgerRecord:
+        """Re-check the cap, then append a signed record. On BudgetExhausted, discard the artefact."""
+        after = self.check(profile, unit, mech)
+        if mechanism == "non-private":
+            raise BudgetError("use commit_non_private for releases without noise")
+        return self.ledger.append(
+            time=self._clock().isoformat(), profile=profile, unit=unit, mechanism=mechanism,
+            params=mech.params(), accountant=self.accountant, delta=self.policy(profile, unit).delta,
+            epsilon=after, artefact_sha256=artefact_sha256, details=details, signer=self.signer,
+        )
+
+    def commit_non_private(self, profile: str, unit: str, artefact_sha256: str,
+                           details: dict | None = None) -> LedgerRecord:
+        """Record a release made without DP (comparison runs) honestly: epsilon = inf from now on.
+
+        Not capped (it is an explicit opt-out); every later ``check`` on this profile+unit fails.
+        """
+        _check_target(profile, unit)
+        return self.ledger.append(
+            time=self._clock().isoformat(), profile=profile, unit=unit, mechanism="non-private", params={},
+            accountant=self.accountant, delta=self.policy(profile, unit).delta, epsilon=math.inf,
+            artefact_sha256=artefact_sha256, details=details, signer=self.signer,
+        )
+
+
+__all__ = [
+    "BudgetError", "BudgetExhausted", "BudgetPolicy", "DEFAULT_POLICY", "LedgerError", "ReleaseGate",
+]
