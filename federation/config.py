@@ -28,6 +28,8 @@ class FederationConfig:
       "central" (c: a trusted server clips and noises; devices send clipped updates).
     clip_norm: C, the L2 bound of one device's update (user-level sensitivity).
     noise_multiplier: sigma; the released noise has standard deviation sigma*C per coordinate.
+    amplify: account each round as subsampled at the cohort rate q (valid against observers
+      of the global adapters); False accounts q = 1 (valid against the server that picks cohorts).
     secagg_min_devices: mode b only: the fewest devices whose sum the server may see;
       each device adds noise sigma*C/sqrt(secagg_min_devices) so the sum carries sigma*C.
     """
@@ -37,6 +39,7 @@ class FederationConfig:
     clip_norm: float = 1.0
     noise_multiplier: float = 1.0
     delta: float = 1e-5
+    amplify: bool = True
     encoding: str = "fp32"
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
@@ -116,6 +119,8 @@ class FederationConfig:
 def _coerce(type_name: Any, value: Any) -> Any:
     """Turn a TOML/ConfigRecord scalar into the field's declared type."""
     text = str(type_name)
+    if text.startswith("bool"):
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     if text.startswith("int"):
         return int(value)
     if text.startswith("float"):

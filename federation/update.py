@@ -4,9 +4,8 @@ An `Update` is a dict of named float32 numpy arrays (the change of the *shared* 
 tensors, already clipped and noised) plus a small `UpdateHeader`. Nothing else ever
 leaves a device: no events, no base weights, no personal adapter.
 
-The header deliberately carries no norm measured before the noise: that number depends on
-the owner's data and is not protected by the noise, so it stays on the device (the device
-records it in its own ledger details instead).
+The header deliberately carries no norm measured before the noise and no example count: both
+depend on the owner's data and are not protected by the noise, so they stay on the device.
 
 `check_update` is the ONE check used by a device before sending and by the server on
 receipt: names, shapes, finite values, and an L2 bound (exactly C before noise; after
@@ -52,7 +51,6 @@ class UpdateHeader:
     clip_norm: float
     sigma: float
     encoding: str = "fp32"
-    num_examples: int = 0
 
     def to_dict(self) -> dict[str, int | float | str]:
         return asdict(self)
@@ -66,7 +64,6 @@ class UpdateHeader:
                 clip_norm=float(values["clip_norm"]),  # type: ignore[arg-type]
                 sigma=float(values["sigma"]),  # type: ignore[arg-type]
                 encoding=str(values.get("encoding", "fp32")),
-                num_examples=int(values.get("num_examples", 0)),  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UpdateRejected("bad-header", f"header unreadable: {exc!r}") from exc
@@ -150,7 +147,6 @@ def build_update(
     sigma: float,
     rng: np.random.Generator,
     encoding: str = "fp32",
-    num_examples: int = 0,
     observe: Callable[[str, Arrays], None] | None = None,
 ) -> tuple[Update, float]:
     """Clip the delta to C, check it, add N(0, (sigma*C)^2), check again.
@@ -160,7 +156,7 @@ def build_update(
     never part of what is sent.
     """
     clipped, raw_norm = clip({name: delta[name] for name in spec}, clip_norm)
-    header = UpdateHeader(round, device_id, clip_norm, sigma, encoding, num_examples)
+    header = UpdateHeader(round, device_id, clip_norm, sigma, encoding)
     check_update(Update(header, clipped), spec, clip_norm, sigma=0.0)
     if observe is not None:
         observe("clipped", {k: v.copy() for k, v in clipped.items()})
