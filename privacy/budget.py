@@ -90,13 +90,7 @@ class ReleaseGate:
         if accountant not in ACCOUNTANTS:
             raise BudgetError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
         self.db, self.signer, self.accountant, self._clock = db, signer, accountant, clock
-        self.ledger = Ledger(db)
-        if POLICY_TABLE not in db.table_names():
-            db[POLICY_TABLE].create(
-                {"profile": str, "unit": str, "epsilon_cap": float, "delta": float, "window_days": float,
-                 "window_cap": float, "time": str},
-                pk=("profile", "unit"),
-            )
+        self.ledger = Ledger(db)  # tables are created on first write: reads never touch the file
 
     # -- policy ----------------------------------------------------------------------------
     def set_policy(self, profile: str, unit: str, policy: BudgetPolicy) -> None:
@@ -104,11 +98,19 @@ class ReleaseGate:
         _check_target(profile, unit)
         row = dict(profile=profile, unit=unit, time=self._clock().isoformat(), **asdict(policy))
         with self.db.conn:
+            if POLICY_TABLE not in self.db.table_names():
+                self.db[POLICY_TABLE].create(
+                    {"profile": str, "unit": str, "epsilon_cap": float, "delta": float, "window_days": float,
+                     "window_cap": float, "time": str},
+                    pk=("profile", "unit"),
+                )
             self.db[POLICY_TABLE].upsert(row, pk=("profile", "unit"))
 
     def policy(self, profile: str, unit: str) -> BudgetPolicy:
         """The profile+unit's policy, or :data:`DEFAULT_POLICY`."""
         _check_target(profile, unit)
+        if POLICY_TABLE not in self.db.table_names():
+            return DEFAULT_POLICY
         rows = list(self.db.query(f"select * from [{POLICY_TABLE}] where profile = ? and unit = ?", [profile, unit]))
         if not rows:
             return DEFAULT_POLICY

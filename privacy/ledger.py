@@ -164,8 +164,12 @@ class Ledger:
     """Read, append to and verify the ledger tables of one SQLite file."""
 
     def __init__(self, db: sqlite_utils.Database):
+        # Tables are created on the first append, so reading (verify, reports, budget checks)
+        # works on a read-only connection and never writes to the file.
         self.db = db
-        self._ensure_tables()
+
+    def _has(self, table: str) -> bool:
+        return table in self.db.table_names()
 
     def _ensure_tables(self) -> None:
         if LEDGER_TABLE not in self.db.table_names():
@@ -200,15 +204,21 @@ class Ledger:
         if unit is not None:
             where.append("unit = ?")
             args.append(unit)
+        if not self._has(LEDGER_TABLE):
+            return []
         sql = f"select * from [{LEDGER_TABLE}]" + (" where " + " and ".join(where) if where else "") + " order by seq"
         return [self._from_row(r) for r in self.db.query(sql, args)]
 
     def profiles(self) -> list[str]:
         """Profiles that have at least one record."""
+        if not self._has(LEDGER_TABLE):
+            return []
         return [r["profile"] for r in self.db.query(f"select distinct profile from [{LEDGER_TABLE}] order by profile")]
 
     def head(self) -> dict | None:
         """The signed head row (seq, sha256, signature) or None for an empty ledger."""
+        if not self._has(HEAD_TABLE):
+            return None
         rows = list(self.db.query(f"select seq, sha256, signature from [{HEAD_TABLE}] where id = 1"))
         return rows[0] if rows else None
 
@@ -239,7 +249,11 @@ class Ledger:
             canonical_json(details or {})
         except (TypeError, ValueError) as exc:
             raise LedgerError(f"details must be plain JSON (no NaN): {exc}") from exc
-        with self.db.conn:
+        self._ensure_tables()
+        conn = self.db.conn
+        with conn:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")  # serialise appenders: read the tail and write it atomically
             last = list(self.db.query(f"select seq, sha256 from [{LEDGER_TABLE}] order by seq desc limit 1"))
             seq, prev = (last[0]["seq"] + 1, last[0]["sha256"]) if last else (1, GENESIS)
             rec = LedgerRecord(
@@ -280,7 +294,7 @@ class Ledger:
         problems: list[str] = []
         if key is None:
             problems.append("no device public key (meta.device_public_key): signatures cannot be checked")
-        rows = list(self.db.query(f"select * from [{LEDGER_TABLE}] order by seq"))
+        rows = list(self.db.query(f"select * from [{LEDGER_TABLE}] order by seq")) if self._has(LEDGER_TABLE) else []
         prev_hash, expected_seq, prev_bad, last = GENESIS, 1, False, None
         for row in rows:
             try:

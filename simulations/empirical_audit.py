@@ -1,0 +1,219 @@
+"""`homebody audit empirical`: a one-run empirical privacy audit of real opacus DP-SGD.
+
+Following Steinke, Nasr & Jagielski (2023): ``m`` canaries (random inputs with random labels,
+the examples a model can only fit by memorising them) are each included in the training set
+with probability 1/2; one small MLP is trained once with opacus DP-SGD (Poisson sampling,
+per-example clipping, Gaussian noise calibrated by privacy/ to the target epsilon); each canary
+is scored by its loss, and privacy/empirical.py turns the membership guesses into a lower bound
+on epsilon at a stated confidence. A lower bound above the accountant's epsilon means the
+training does not keep its promise (e.g. a bug dropped the noise).
+
+It lives on the top floor because it holds model code; the maths stays in privacy/.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from privacy.errors import HomebodyError
+
+
+class AuditConfigError(HomebodyError):
+    """The empirical-audit settings cannot work."""
+
+
+@dataclass(frozen=True)
+class EmpiricalAuditConfig:
+    """Data, model and DP-SGD settings of one audit run.
+
+    ``epsilon`` is the privacy the run claims (noise is calibrated to it); ``noise=False``
+    switches the noise off while keeping the claim, as a bug would. ``epsilon=None`` with
+    ``noise=False`` is a plain non-private run with no claim.
+    """
+
+    epsilon: float | None = 1.0
+    noise: bool = True
+    delta: float = 1e-5
+    canaries: int = 1000
+    examples: int = 2000
+    dim: int = 64
+    classes: int = 10
+    hidden: int = 128
+    epochs: int = 30
+    batch_size: int = 250
+    lr: float = 0.5
+    max_grad_norm: float = 1.0
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.noise and self.epsilon is None:
+            raise AuditConfigError("a noisy run needs a target epsilon (or switch the noise off)")
+        if self.epsilon is not None and not (0 < self.epsilon < math.inf):
+            raise AuditConfigError(f"epsilon must be a finite number > 0, got {self.epsilon!r}")
+        if self.canaries < 2 or self.examples < 0 or self.epochs < 1 or self.batch_size < 1:
+            raise AuditConfigError("need canaries >= 2, examples >= 0, epochs >= 1, batch size >= 1")
+        if self.classes < 2 or self.dim < 1 or self.hidden < 1:
+            raise AuditConfigError("need classes >= 2, dim >= 1, hidden >= 1")
+        if not (0 < self.confidence < 1) or not (0 < self.delta < 1):
+            raise AuditConfigError("confidence and delta must be in (0, 1)")
+        if self.max_grad_norm <= 0 or self.lr <= 0:
+            raise AuditConfigError("max grad norm and learning rate must be > 0")
+
+
+@dataclass
+class EmpiricalAuditReport:
+    """What one run measured."""
+
+    config: dict
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    accountant_epsilon: float | None  # None when the noise is off (epsilon = inf)
+    claimed_epsilon: float | None
+    epsilon_lower: float
+    claim_fails: bool
+    guesses: int
+    correct: int
+    included: int
+    member_loss: float
+    nonmember_loss: float
+    train_accuracy: float
+    seconds: float
+    audit: dict = field(default_factory=dict)
+
+    def verdict(self) -> str:
+        """One line for humans."""
+        lb = f"empirical lower bound epsilon >= {self.epsilon_lower:.3f} ({self.config['confidence']:.0%} confidence)"
+        if self.claimed_epsilon is None:
+            return f"{lb}; no DP claim was made"
+        if self.claim_fails:
+            return f"CLAIM FAILS: {lb} exceeds the claimed epsilon {self.claimed_epsilon:g}"
+        return f"consistent with the claim: {lb} <= claimed epsilon {self.claimed_epsilon:g}"
+
+
+def _make_data(cfg: EmpiricalAuditConfig):
+    """Ordinary examples (a Gaussian mixture) and canaries (random inputs, random labels)."""
+    import torch
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    means = torch.randn(cfg.classes, cfg.dim, generator=g) * 1.5
+    y = torch.randint(0, cfg.classes, (cfg.examples,), generator=g)
+    x = means[y] + torch.randn(cfg.examples, cfg.dim, generator=g)
+    cx = torch.randn(cfg.canaries, cfg.dim, generator=g) * 2.0
+    cy = torch.randint(0, cfg.classes, (cfg.canaries,), generator=g)
+    included = torch.rand(cfg.canaries, generator=g) < 0.5
+    return x, y, cx, cy, included
+
+
+def run_empirical_audit(cfg: EmpiricalAuditConfig, on_epoch: Optional[Callable[[int, int], None]] = None) -> EmpiricalAuditReport:
+    """Train once with opacus DP-SGD on data + included canaries, score the canaries, bound epsilon."""
+    import warnings
+
+    import torch
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from privacy.accountant import SubsampledGaussian, compute_epsilon, noise_for_epsilon
+    from privacy.empirical import audit_from_scores
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    x, y, cx, cy, included = _make_data(cfg)
+    train_x, train_y = torch.cat([x, cx[included]]), torch.cat([y, cy[included]])
+    loader = DataLoader(TensorDataset(train_x, train_y), batch_size=cfg.batch_size, shuffle=True)
+    # opacus' Poisson loader samples each example with q = 1 / len(loader).
+    q, steps = 1.0 / len(loader), cfg.epochs * len(loader)
+    z = noise_for_epsilon(cfg.epsilon, q, steps, cfg.delta) if cfg.noise else 0.0
+    model = torch.nn.Sequential(
+        torch.nn.Linear(cfg.dim, cfg.hidden), torch.nn.ReLU(), torch.nn.Linear(cfg.hidden, cfg.classes)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # opacus warns about secure_mode; the audit needs reproducibility
+        engine = PrivacyEngine(secure_mode=False)
+        model, optimizer, loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=z,
+            max_grad_norm=cfg.max_grad_norm, poisson_sampling=True,
+        )
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    for epoch in range(cfg.epochs):
+        for bx, by in loader:
+            if len(bx) == 0:
+                continue
+            optimizer.zero_grad()
+            loss_fn(model(bx), by).backward()
+            optimizer.step()
+        if on_epoch:
+            on_epoch(epoch + 1, cfg.epochs)
+    model.eval()
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(model(cx), cy, reduction="none")
+        acc = (model(train_x).argmax(1) == train_y).float().mean().item()
+    res = audit_from_scores((-losses).tolist(), included.tolist(), cfg.delta, cfg.confidence)
+    eps_acc = compute_epsilon([SubsampledGaussian(z, q, steps)], cfg.delta) if cfg.noise else math.inf
+    claimed = cfg.epsilon
+    return EmpiricalAuditReport(
+        config=asdict(cfg), noise_multiplier=z, sample_rate=q, steps=steps,
+        accountant_epsilon=eps_acc if math.isfinite(eps_acc) else None, claimed_epsilon=claimed,
+        epsilon_lower=res.epsilon_lower, claim_fails=res.claim_fails(claimed), guesses=res.guesses,
+        correct=res.correct, included=int(included.sum()),
+        member_loss=float(losses[included].mean()), nonmember_loss=float(losses[~included].mean()),
+        train_accuracy=acc, seconds=time.perf_counter() - t0, audit=res.to_dict(),
+    )
+
+
+def empirical(
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", "-e", help="Claimed epsilon; the noise is calibrated to it (default 1 unless --no-noise)."),
+    no_noise: bool = typer.Option(False, "--no-noise", help="Switch the noise off (as a bug would). With --epsilon, the claim is still checked."),
+    canaries: int = typer.Option(1000, "--canaries", "-m", help="Number of canaries, each included with probability 1/2."),
+    examples: int = typer.Option(2000, "--examples", help="Ordinary training examples."),
+    epochs: int = typer.Option(30, "--epochs", help="Training epochs."),
+    batch_size: int = typer.Option(250, "--batch-size", help="Expected (Poisson) batch size."),
+    delta: float = typer.Option(1e-5, "--delta", help="Delta of the claim and of the audit."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence of the lower bound."),
+    seed: int = typer.Option(0, "--seed"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON here."),
+) -> None:
+    """One-run empirical audit (Steinke, Nasr & Jagielski 2023): a lower bound on epsilon beside the accountant's."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    if epsilon is None and not no_noise:
+        epsilon = 1.0
+    cfg = EmpiricalAuditConfig(epsilon=epsilon, noise=not no_noise, delta=delta, canaries=canaries, examples=examples,
+                               epochs=epochs, batch_size=batch_size, confidence=confidence, seed=seed)
+    console = Console()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("training with opacus DP-SGD", total=cfg.epochs)
+        rep = run_empirical_audit(cfg, on_epoch=lambda done, total: progress.update(task, completed=done))
+    acc = "inf (no noise)" if rep.accountant_epsilon is None else f"{rep.accountant_epsilon:.4f}"
+    console.print(
+        f"noise multiplier {rep.noise_multiplier:.4f}, sample rate {rep.sample_rate:.4f}, {rep.steps} steps, "
+        f"delta {cfg.delta:g}; {rep.included}/{cfg.canaries} canaries included; "
+        f"mean canary loss in {rep.member_loss:.3f} / out {rep.nonmember_loss:.3f}", highlight=False,
+    )
+    console.print(f"accountant epsilon (pld): {acc}", highlight=False)
+    console.print(
+        f"empirical lower bound:    {rep.epsilon_lower:.4f} at {cfg.confidence:.0%} confidence "
+        f"({rep.correct} of {rep.guesses} guesses right)", highlight=False,
+    )
+    console.print(("[bold red]" if rep.claim_fails else "[green]") + rep.verdict() + "[/]", highlight=False)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(asdict(rep), indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `audit empirical` to the `audit` group that privacy/cli.py owns."""
+    from privacy.cli import audit_app
+
+    audit_app.command("empirical")(empirical)
