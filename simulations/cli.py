@@ -66,9 +66,6 @@ def _register_all() -> None:
     from personal import cli_label
 
     cli_label.register(app)
-    from personal import cli_model
-
-    cli_model.register(app)
     from privacy import cli as privacy_cli
 
     privacy_cli.register(app)
