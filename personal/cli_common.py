@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from personal.errors import NotAVault, PassphraseMissing
-from personal.vault import Vault
+
+if TYPE_CHECKING:
+    from personal.vault import Vault
 
 PASSPHRASE_ENV = "HOMEBODY_PASSPHRASE"
 NEW_PASSPHRASE_ENV = "HOMEBODY_NEW_PASSPHRASE"
@@ -75,8 +77,10 @@ def get_passphrase(
     return value
 
 
-def open_vault(path: Optional[Path], key_file: Optional[Path] = None) -> Vault:
+def open_vault(path: Optional[Path], key_file: Optional[Path] = None) -> "Vault":
     """Open the vault at `path` (or the default) with the passphrase from `key_file`/env/prompt."""
+    from personal.vault import Vault  # sqlite_utils pulls in pandas: keep `homebody --help` fast
+
     resolved = resolve_vault_path(path)
     if not resolved.is_file():
         raise NotAVault(f"no vault at {resolved}; create one with `homebody vault init --vault {resolved}`")

@@ -86,6 +86,18 @@ class Sealer:
             out.append(nonce + enc(nonce, pt, f"{table}|{row}|{column}".encode()))
         return out
 
+    def open_many(self, blobs: Sequence[bytes], table: str, rows: Sequence[object], column: str) -> list[bytes]:
+        """Decrypt a column of values; the first failure raises `IntegrityError` naming its row."""
+        dec = self._aead.decrypt
+        out = []
+        try:
+            for blob, row in zip(blobs, rows):
+                out.append(dec(blob[:NONCE_BYTES], blob[NONCE_BYTES:], f"{table}|{row}|{column}".encode()))
+        except (InvalidTag, TypeError, ValueError):
+            self.open(blobs[len(out)], table, rows[len(out)], column)  # raises with the precise reason
+            raise IntegrityError(table, rows[len(out)], column) from None
+        return out
+
     def open(self, blob: bytes | None, table: str, row: object, column: str) -> bytes:
         """Decrypt one value; any tampering raises `IntegrityError` naming the place."""
         if not isinstance(blob, (bytes, bytearray)) or len(blob) < OVERHEAD:

@@ -90,6 +90,13 @@ class Event:
         if self.text is not None and not isinstance(self.text, str):
             raise InvalidEvent(f"event text must be a string or None, got {type(self.text).__name__}")
 
+    @classmethod
+    def _trusted(cls, user: str, timestamp: datetime, event: str, context: dict[str, str], text: str | None) -> Event:
+        """Build from values the vault itself sealed (already validated): skips the checks on the read path."""
+        self = object.__new__(cls)
+        self.__dict__.update(user=user, timestamp=timestamp, event=event, context=context, text=text)
+        return self
+
 
 @dataclass(frozen=True)
 class VaultConfig:
@@ -125,6 +132,9 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.failures and self.sqlite_check == "ok"
+
+
+_json_object = json.JSONDecoder().decode
 
 
 def _encode_text(text: str | None) -> bytes:
@@ -263,7 +273,7 @@ class Vault:
         if not batch:
             return 0
         with self._write() as conn:
-            pids = {user: self._ensure_profile(conn, user) for user in {ev.user for ev in batch}}
+            pids = {user: self._ensure_profile(conn, user) for user in dict.fromkeys(ev.user for ev in batch)}
             first = self._next_id(conn, "events")
             ids = list(range(first, first + len(batch)))
             cols: dict[str, list[bytes]] = {c: [b""] * len(batch) for c in EVENT_COLUMNS}
@@ -292,23 +302,14 @@ class Vault:
         with self._read() as conn:
             pid, sealer = self._profile(conn, profile)
             rows = conn.execute("SELECT id, ts, event, context, text FROM events WHERE profile = ?", (pid,)).fetchall()
+        ids = [r[0] for r in rows]
+        ts, names, contexts, texts = (
+            sealer.open_many([r[j] for r in rows], "events", ids, col) for j, col in enumerate(EVENT_COLUMNS, start=1)
+        )
         out = []
-        opener = sealer.open
-        for rid, ts, ev, ctx, txt in rows:
-            timestamp = datetime.fromisoformat(opener(ts, "events", rid, "ts").decode())
-            out.append(
-                (
-                    _sort_key(timestamp),
-                    rid,
-                    Event(
-                        profile,
-                        timestamp,
-                        opener(ev, "events", rid, "event").decode(),
-                        json.loads(opener(ctx, "events", rid, "context")),
-                        _decode_text(opener(txt, "events", rid, "text")),
-                    ),
-                )
-            )
+        for rid, t, name, ctx, txt in zip(ids, ts, names, contexts, texts):
+            timestamp = datetime.fromisoformat(t.decode())
+            out.append((_sort_key(timestamp), rid, Event._trusted(profile, timestamp, name.decode(), _json_object(ctx.decode()), _decode_text(txt))))
         out.sort(key=lambda t: (t[0], t[1]))
         return [e for _, _, e in out]
 
