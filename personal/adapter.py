@@ -30,6 +30,30 @@ class AdapterMismatch(AdapterError):
     """An adapter was made for another base model (or other LoRA settings) than the one given."""
 
 
+_DTYPES = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64",
+           np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("int8"): "I8", np.dtype("uint8"): "U8"}
+
+
+def _safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A safetensors file with sorted keys, so equal adapters give equal bytes (and hashes).
+
+    (safetensors' own writer orders the metadata nondeterministically.)
+    """
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype not in _DTYPES:
+            raise AdapterError(f"tensor {name!r} has unsupported dtype {arr.dtype}")
+        raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": _DTYPES[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """Where LoRA goes and how big it is.
@@ -91,13 +115,10 @@ class Adapter:
 
     def to_bytes(self) -> bytes:
         """A safetensors blob with the identity, labels, LoRA settings and meta in its header."""
-        from safetensors.numpy import save
-
         header = {"format": FORMAT, "base_identity": json.dumps(self.base_identity),
                   "labels": json.dumps(self.labels), "lora": json.dumps(self.lora.to_dict()),
                   "meta": json.dumps(self.meta, sort_keys=True, default=str)}
-        arrays = {k: np.ascontiguousarray(v) for k, v in sorted(self.tensors.items())}
-        return save(arrays, metadata=header)
+        return _safetensors_bytes(self.tensors, header)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Adapter":

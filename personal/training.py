@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from privacy.accountant import SubsampledGaussian
 
 __all__ = ["LoraSettings", "DPConfig", "TrainConfig", "TrainResult", "MechanismPlan", "PersonalModel",
-           "TrainingError", "wrap", "plan_mechanism", "train_adapter"]
+           "TrainingError", "usable_examples", "wrap", "plan_mechanism", "train_adapter"]
 
 DEFAULT_TARGETS = {"encoder": ("query", "value"), "causal": ("q_proj", "v_proj")}
 LM_SHARE = "lm"
@@ -89,6 +89,7 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     epochs: float = 3.0
     batch_size: int = 32
+    sample_rate: float | None = None  # fixes q (expected batch = q * n) instead of batch_size
     lr: float = 3e-3
     optimizer: str = "adam"  # or "sgd"
     max_length: int = 64
@@ -138,12 +139,20 @@ class TrainResult:
                 f"sample rate {m.sample_rate:.3g}, {m.steps} steps)")
 
 
+def _sample_rate(n: int, cfg: TrainConfig) -> float:
+    if cfg.sample_rate is not None:
+        if not 0 < cfg.sample_rate <= 1:
+            raise TrainingError(f"sample rate must be in (0, 1], got {cfg.sample_rate}")
+        return float(cfg.sample_rate)
+    return min(1.0, cfg.batch_size / n)
+
+
 def plan_mechanism(n: int, cfg: TrainConfig, dp: DPConfig) -> MechanismPlan:
     """The release for ``n`` examples: q = batch/n, steps = ceil(epochs/q), noise given or calibrated."""
     dp.validate()
     if n < 1:
         raise TrainingError("no training examples")
-    q = min(1.0, cfg.batch_size / n)
+    q = _sample_rate(n, cfg)
     steps = max(1, math.ceil(cfg.epochs / q))
     if dp.noise_multiplier is not None:
         z = float(dp.noise_multiplier)
@@ -192,6 +201,9 @@ class PersonalModel:
         self.module = _Upper(base, blocks[self.start:], torch.nn.Linear(base.hidden_size, 1))
         self.labels: list[str] = []
         self.set_labels([])
+        # Lower-layer features depend only on the frozen base, never on an adapter: memoise a few.
+        self._memo: dict[tuple, tuple] = {}
+        self.memo_size = 4
 
     # -- adapter tensors ------------------------------------------------------------------
     def set_labels(self, labels: Sequence[str]) -> None:
@@ -253,13 +265,22 @@ class PersonalModel:
                 out.append(self.module.lower(ids[i:i + batch], mask[i:i + batch], self.start))
         return torch.cat(out) if out else torch.zeros(0)
 
+    def encode(self, texts: Sequence[str], max_length: int) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+        """(ids, mask, lower-layer features) for ``texts``, memoised (the last ``memo_size`` lists)."""
+        key = (max_length, tuple(texts))
+        if key not in self._memo:
+            ids, mask = self.tokenize(texts, max_length)
+            while len(self._memo) >= self.memo_size:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = (ids, mask, self.features(ids, mask))
+        return self._memo[key]
+
     def predict_proba(self, texts: Sequence[str], max_length: int = 64, batch: int = 64) -> np.ndarray:
         """Probabilities over ``self.labels`` for each text (eval mode, no grad)."""
         torch = _torch()
         if not self.labels:
             raise TrainingError("the model has no label space: load an adapter first")
-        ids, mask = self.tokenize(texts, max_length)
-        hidden = self.features(ids, mask)
+        _, mask, hidden = self.encode(texts, max_length)
         self.module.eval()
         with torch.no_grad():
             logits = torch.cat([self.module(hidden[i:i + batch], mask[i:i + batch])[0]
@@ -269,8 +290,7 @@ class PersonalModel:
     def embed(self, texts: Sequence[str], max_length: int = 64, batch: int = 64) -> np.ndarray:
         """Pooled, L2-normalised sentence embeddings (used for the base-without-adapter baseline)."""
         torch = _torch()
-        ids, mask = self.tokenize(texts, max_length)
-        hidden = self.features(ids, mask)
+        _, mask, hidden = self.encode(texts, max_length)
         self.module.eval()
         with torch.no_grad():
             pooled = torch.cat([self.module(hidden[i:i + batch], mask[i:i + batch], pool_only=True)
@@ -426,6 +446,12 @@ def _loss(pm: PersonalModel, logits, hidden, labels, ids, mask, is_lm):
     return per.mean()
 
 
+def usable_examples(base: BaseModel, examples: Sequence[Example], labels: Sequence[str]) -> list[Example]:
+    """The examples a run trains on: next-event examples within ``labels``, LM examples on causal bases."""
+    known = set(labels)
+    return [e for e in examples if (e.kind == LM and base.kind == CAUSAL) or (e.kind != LM and e.label in known)]
+
+
 def train_adapter(
     base: BaseModel,
     examples: Sequence[Example],
@@ -455,7 +481,7 @@ def train_adapter(
     if not labels:
         raise TrainingError("empty label space")
     index = {lab: i for i, lab in enumerate(labels)}
-    use = [e for e in examples if (e.kind == LM and base.kind == CAUSAL) or (e.kind != LM and e.label in index)]
+    use = usable_examples(base, examples, labels)
     if not use:
         raise TrainingError("no training example matches the label space")
     pm = wrap(base, cfg.lora)
@@ -470,11 +496,11 @@ def train_adapter(
         plan = plan or plan_mechanism(n, cfg, dp)
         q, total = plan.sample_rate, plan.steps
     else:
-        q = min(1.0, cfg.batch_size / n)
+        q = _sample_rate(n, cfg)
         total = max(1, math.ceil(cfg.epochs / q))
+    batch = max(1, round(q * n))
     torch.manual_seed(cfg.seed)
-    ids, mask = pm.tokenize([e.text for e in use], cfg.max_length)
-    hidden = pm.features(ids, mask)
+    ids, mask, hidden = pm.encode([e.text for e in use], cfg.max_length)
     y = torch.tensor([index[e.label] if e.kind != LM else -1 for e in use])
     is_lm = torch.tensor([e.kind == LM for e in use])
 
@@ -501,10 +527,10 @@ def train_adapter(
             if dp.enabled:
                 idx = _poisson_indices(n, q, dp.secure_rng, gen)
             else:
-                start = (step * cfg.batch_size) % n
-                if start + cfg.batch_size > n:
+                start = (step * batch) % n
+                if start + batch > n:
                     order = gen.permutation(n)
-                idx = order[start:start + cfg.batch_size]
+                idx = order[start:start + batch]
             loss = _step(pm, model, opt, hidden, mask, ids, y, is_lm, torch.as_tensor(idx, dtype=torch.long),
                          dp.enabled, cfg.record_norms, norms)
             times.append(time.perf_counter() - ts)

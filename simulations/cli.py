@@ -66,6 +66,12 @@ def _register_all() -> None:
     from personal import cli_label
 
     cli_label.register(app)
+    from personal import cli_model
+
+    cli_model.register(app)
+    from personal import cli_serve
+
+    cli_serve.register(app)
     from privacy import cli as privacy_cli
 
     privacy_cli.register(app)

@@ -1,0 +1,136 @@
+"""`homebody personalize | suggest | ask`: the model commands, a thin layer over the library.
+
+torch/transformers are imported inside the commands (``homebody --help`` stays instant).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Optional
+
+import typer
+
+from personal.cli_common import KeyFile, VaultPath, console, err_console, open_vault
+from privacy.errors import HomebodyError
+
+MODEL_HELP = "Base model: minilm-l6, smollm2-135m, tiny, tiny-causal, or a local Hugging Face folder."
+
+
+class BadOption(HomebodyError):
+    """Contradictory or malformed command-line options."""
+
+
+def _parse_at(value: Optional[str]) -> Optional[datetime]:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise BadOption(f"--at {value!r} is not an ISO time such as 2026-01-07T06:55") from None
+
+
+def personalize(
+    profile: str = typer.Option(..., "--profile", help="Whose events to learn from."),
+    model: str = typer.Option("minilm-l6", "--model", help=MODEL_HELP),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Target epsilon of this run (default 3 unless --noise-multiplier)."),
+    noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Use this noise multiplier instead of a target epsilon."),
+    non_private: bool = typer.Option(False, "--non-private", help="Train WITHOUT differential privacy (for comparison; labelled as such)."),
+    epochs: float = typer.Option(3.0, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Expected batch size (Poisson sampling)."),
+    lr: float = typer.Option(3e-3, "--lr"),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-example clipping bound."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
+    layers: Optional[str] = typer.Option("-1", "--layers", help="LoRA layers, comma-separated (negative from the top); 'all' for every layer."),
+    secure_rng: bool = typer.Option(False, "--secure-rng", help="Sampling and noise from the OS CSPRNG (production)."),
+    vault: VaultPath = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Train the profile's adapter with DP-LoRA: budget check → train → ledger → sealed adapter."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from personal.adapter import LoraSettings
+    from personal.models import load_base
+    from personal.personalize import personalize as run
+    from personal.training import DPConfig, TrainConfig
+
+    if non_private and (epsilon is not None or noise_multiplier is not None):
+        raise BadOption("--non-private excludes --epsilon and --noise-multiplier")
+    if epsilon is not None and noise_multiplier is not None:
+        raise BadOption("give --epsilon or --noise-multiplier, not both")
+    try:
+        layer_set = None if layers in (None, "all") else tuple(int(x) for x in layers.split(","))
+    except ValueError:
+        raise BadOption(f"--layers {layers!r}: use comma-separated integers or 'all'") from None
+    dp = DPConfig.non_private() if non_private else DPConfig(
+        epsilon=epsilon if noise_multiplier is None else None, noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm, secure_rng=secure_rng)  # delta: the profile's budget policy
+    if dp.enabled and dp.epsilon is None and dp.noise_multiplier is None:
+        dp = DPConfig(epsilon=3.0, max_grad_norm=max_grad_norm, secure_rng=secure_rng)
+    cfg = TrainConfig(lora=LoraSettings(r=rank, alpha=2 * rank, layers=layer_set), epochs=epochs,
+                      batch_size=batch_size, lr=lr)
+    with open_vault(vault, key_file) as v:
+        base = load_base(model)
+        with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                      TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=err_console) as bar:
+            task = bar.add_task("train", total=None, loss=float("nan"))
+
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, total=total, loss=loss)
+
+            try:
+                out = run(v, profile, base, cfg, dp, progress=progress)
+            except KeyboardInterrupt:
+                err_console.print("interrupted: a checkpoint is sealed in the vault; run the same command to resume "
+                                  "(no budget is spent until the run completes)")
+                raise
+    if out.resumed_from:
+        console.print(f"resumed from step {out.resumed_from}")
+    console.print(f"{profile}: adapter for {base.name} stored sealed in the vault "
+                  f"({out.adapter.num_parameters():,} parameters, {out.adapter.nbytes():,} bytes, {len(out.adapter.labels)} labels)")
+    console.print(out.privacy_label)
+
+
+def suggest(
+    profile: str = typer.Option(..., "--profile"),
+    at: Optional[str] = typer.Option(None, "--at", help="When (ISO, local time), default now."),
+    top: int = typer.Option(5, "--top", "-k", min=1, help="How many suggestions."),
+    model: str = typer.Option("minilm-l6", "--model", help=MODEL_HELP),
+    vault: VaultPath = None,
+    key_file: KeyFile = None,
+) -> None:
+    """The top-k next events with probabilities, e.g. `Tue 08:10 — Coffee Shop 0.62, Subway 0.21`."""
+    from personal.models import load_base
+    from personal.predict import suggest as run
+
+    when = _parse_at(at)
+    with open_vault(vault, key_file) as v:
+        out = run(v, profile, load_base(model), when, k=top)
+    console.print(out.line(), highlight=False)
+    console.print(f"[dim]{out.privacy}[/]")
+
+
+def ask(
+    question: str = typer.Argument(..., help="What to ask, e.g. 'what do I usually do on Friday evenings?'"),
+    profile: str = typer.Option(..., "--profile"),
+    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    vault: VaultPath = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Answer a question in the owner's context; the answer carries the AI-generated label."""
+    from personal.models import load_base
+    from personal.predict import ask as run
+
+    with open_vault(vault, key_file) as v:
+        out = run(v, profile, question, load_base(model), max_new_tokens=max_new_tokens)
+    for note in out.notes:
+        err_console.print(f"[yellow]{note}[/]")
+    console.print(str(out.labelled), highlight=False, markup=False)
+    err_console.print(f"[dim]{out.new_tokens} tokens in {out.seconds:.1f} s ({out.tokens_per_s:.1f} tokens/s)[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `personalize`, `suggest` and `ask` to the root app."""
+    app.command("personalize")(personalize)
+    app.command("suggest")(suggest)
+    app.command("ask")(ask)

@@ -1,0 +1,120 @@
+"""Next-event evaluation: a chronological split, top-k accuracy, and the baselines every model faces.
+
+Per owner, the last ``test_frac`` (20%) of the events are held out. Each held-out event is a query
+whose history is every event before it (earlier held-out events included, as on a real device).
+Baselines (reused by the simulations):
+
+- ``MostFrequent``: the owner's most frequent training events, in order.
+- ``Markov``: per-user first-order Markov chain over training transitions; the ranking after
+  event ``a`` is ``a``'s successors by count, then the remaining events by overall frequency.
+- ``zero_shot_rankings``: the base model WITHOUT an adapter: labels ranked by cosine similarity
+  between the pooled embedding of the query context and that of each label name.
+- ``model_rankings``: a personalised model (adapter loaded) ranks labels by probability.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from personal.examples import context_text
+
+if TYPE_CHECKING:
+    from personal.training import PersonalModel
+    from personal.vault import Event
+
+KS = (1, 5)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One held-out event: the history before it and the truth."""
+
+    history: Sequence["Event"]
+    target: "Event"
+
+
+def chronological_split(events: Sequence["Event"], test_frac: float = 0.2) -> tuple[list["Event"], list[Query]]:
+    """(training events, held-out queries): the last ``test_frac`` of the events are the queries."""
+    events = list(events)
+    n_test = int(round(len(events) * test_frac))
+    if len(events) >= 2:
+        n_test = min(max(1, n_test), len(events) - 1)
+    cut = len(events) - n_test
+    return events[:cut], [Query(events[:i], events[i]) for i in range(cut, len(events))]
+
+
+def query_texts(queries: Sequence[Query], history: int = 3) -> list[str]:
+    """The model's input for each query (the one serialisation, ``context_text``)."""
+    return [context_text(q.history[-history:] if history else [], q.target.timestamp, q.target.context, k=history)
+            for q in queries]
+
+
+class MostFrequent:
+    """Rank events by training frequency (ties by name)."""
+
+    def __init__(self, train: Sequence["Event"]) -> None:
+        counts = Counter(e.event for e in train)
+        self.order = [e for e, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    def rank(self, q: Query) -> list[str]:
+        """The same ranking for every query."""
+        return self.order
+
+
+class Markov(MostFrequent):
+    """Per-user first-order Markov chain, backed off to frequency."""
+
+    def __init__(self, train: Sequence["Event"]) -> None:
+        super().__init__(train)
+        self.next: dict[str, Counter] = defaultdict(Counter)
+        for a, b in zip(train, train[1:]):
+            self.next[a.event][b.event] += 1
+
+    def rank(self, q: Query) -> list[str]:
+        """Successors of the last event by count, then the rest by frequency."""
+        if not q.history:
+            return self.order
+        succ = self.next.get(q.history[-1].event)
+        if not succ:
+            return self.order
+        head = [e for e, _ in sorted(succ.items(), key=lambda kv: (-kv[1], kv[0]))]
+        seen = set(head)
+        return head + [e for e in self.order if e not in seen]
+
+
+def topk(rankings: Sequence[Sequence[str]], truths: Sequence[str], ks: Sequence[int] = KS) -> dict[str, float]:
+    """Top-k accuracy for each k, as ``{"top1": .., "top5": ..}``."""
+    n = max(1, len(truths))
+    return {f"top{k}": sum(t in list(r[:k]) for r, t in zip(rankings, truths)) / n for k in ks}
+
+
+def baseline_scores(train: Sequence["Event"], queries: Sequence[Query]) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 of the most-frequent and Markov baselines."""
+    truths = [q.target.event for q in queries]
+    return {name: topk([model.rank(q) for q in queries], truths)
+            for name, model in (("most_frequent", MostFrequent(train)), ("markov", Markov(train)))}
+
+
+def _ranked(scores: np.ndarray, labels: Sequence[str]) -> list[list[str]]:
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return [[labels[j] for j in row] for row in order]
+
+
+def model_rankings(pm: "PersonalModel", texts: Sequence[str], max_length: int = 64) -> list[list[str]]:
+    """Labels ranked by the loaded adapter's probabilities."""
+    return _ranked(pm.predict_proba(texts, max_length=max_length), pm.labels)
+
+
+def zero_shot_rankings(pm: "PersonalModel", texts: Sequence[str], labels: Sequence[str],
+                       max_length: int = 64) -> list[list[str]]:
+    """The base without adapter: cosine similarity of context and label-name embeddings.
+
+    The caller clears the adapter first (``pm.clear()``) so LoRA is at its identity.
+    """
+    q = pm.embed(texts, max_length=max_length)
+    lab = pm.embed(list(labels), max_length=max_length)
+    return _ranked(q @ lab.T, list(labels))
