@@ -43,6 +43,10 @@ def init(
         info = v.info()
         console.print(f"created vault [bold]{path}[/] ({info['kdf']}{', FAST KDF' if fast_kdf else ''})", soft_wrap=True)
         console.print(f"device public key: {v.public_key().public_bytes_raw().hex()}", soft_wrap=True, highlight=False)
+    from personal.auth import ensure_token, token_path
+
+    ensure_token(path)  # the local API's bearer token (`homebody serve`), owner-only
+    console.print(f"API token: {token_path(path)} (owner-only)", soft_wrap=True, highlight=False)
 
 
 @vault_app.command("import")
