@@ -78,6 +78,9 @@ def _register_all() -> None:
     from simulations import empirical_audit
 
     empirical_audit.register(app)
+    from simulations import cli_simulate
+
+    cli_simulate.register(app)
     from simulations import cli_demo
 
     cli_demo.register(app)

@@ -58,6 +58,9 @@ class SimulationConfig:
     synthetic_devices: int = 50
     data_dir: Optional[str] = None
     fast_kdf: bool = True  # per-device vaults use a fast scrypt setting: simulation only, recorded
+    # torch intra-op threads. One is fastest for the small per-device ops whenever anything else
+    # competes for the cores (2 threads then spin-wait: 100x slower measured); try 2 on an idle machine.
+    threads: int = 1
 
     def validate(self) -> None:
         """Raise BadSimulationConfig with one clear line for any setting out of range."""
@@ -75,6 +78,8 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--epsilon must be a positive number (got {self.epsilon}); use --non-private for none")
         if not 0 < self.delta < 1:
             raise BadSimulationConfig(f"--delta must be in (0, 1) (got {self.delta})")
+        if self.threads < 1:
+            raise BadSimulationConfig(f"--threads must be at least 1 (got {self.threads})")
 
     @property
     def epsilon_unit(self) -> str:
@@ -202,3 +207,191 @@ def run_loop(results: dict, rounds: int, step: Callable[[int], RoundResult], out
     results["wall_s"] = time.perf_counter() - t0
     write_results(results, out_dir)
     return results
+
+
+def _progress(show: bool):
+    """A Rich progress bar (or a silent stand-in) for the setup and the rounds."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not show, transient=False)
+
+
+def _set_policies(devices, cfg: SimulationConfig) -> None:
+    """Each device's budget policy: the run's target as the cap, at the run's delta (both units)."""
+    from privacy.budget import BudgetPolicy
+
+    if cfg.non_private:
+        return
+    for d in devices:
+        with d.open_gate() as (_vault, gate):
+            for unit in ("user", "record"):
+                gate.set_policy(d.user, unit, BudgetPolicy(epsilon_cap=cfg.epsilon, delta=cfg.delta))
+
+
+def _planted_summary(pop, devices, engine, max_events) -> dict | None:
+    """Synthetic only: top-1 on held-out events a planted routine produced, model vs Markov."""
+    from simulations.devices import markov_hits
+
+    by_user = {d.user: d for d in pop.devices}
+    model, markov = {"weekly": [], "daily": [], "": []}, {"weekly": [], "daily": [], "": []}
+    for d in devices:
+        if d.test_kinds is None:
+            continue
+        hits = engine.personal_hits(d)
+        mk = markov_hits(by_user[d.user], max_events)
+        for kind, h, m in zip(d.test_kinds, hits, mk):
+            model[kind].append(h)
+            markov[kind].append(m)
+    if not model["weekly"] and not model["daily"]:
+        return None
+    names = {"weekly": "weekly_routines", "daily": "daily_schedule", "": "unplanned"}
+    return {names[k]: {"events": len(model[k]), "personalized_top1": sum(model[k]) / max(1, len(model[k])),
+                       "markov_top1": sum(markov[k]) / max(1, len(markov[k]))} for k in model}
+
+
+def _groups(rows: list[dict], per_user_base: dict) -> dict:
+    """Mean metrics per device group (cold-start vs rest), with the baselines of the same devices."""
+    out = {}
+    for group in sorted({r["group"] for r in rows}):
+        sel = [r for r in rows if r["group"] == group and r.get("top1") is not None]
+        if not sel:
+            continue
+        users = [r["user"] for r in sel]
+        out[group] = {
+            "devices": len(sel),
+            "top1": statistics.fmean(r["top1"] for r in sel),
+            "top5": statistics.fmean(r["top5"] for r in sel),
+            "global_top1": statistics.fmean(r["global_top1"] for r in sel) if all(r.get("global_top1") is not None for r in sel) else None,
+            "markov_top1": statistics.fmean(per_user_base[u]["markov"]["top1"] for u in users),
+            "most_frequent_top1": statistics.fmean(per_user_base[u]["most_frequent"]["top1"] for u in users),
+        }
+    return out
+
+
+def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | None:
+    """The population privacy audit report (privacy.report) from every device's own ledger.
+
+    Fast engine: the ledger in each device's vault. Flower engine: the per-device ledgers the
+    federation's simulation keeps (none for a non-private run: every device is reported at inf).
+    """
+    import sqlite_utils
+
+    from personal.vault import Vault
+    from privacy.report import DeviceSummary, population_report
+    from simulations.devices import GATE_ACCOUNTANT
+
+    unit, summaries = cfg.epsilon_unit, []
+    flower = out_dir / "flower-ledgers"
+    accountant = "pld" if cfg.engine == "flower" else GATE_ACCOUNTANT
+    for d in devices:
+        if cfg.engine == "flower" and cfg.non_private:
+            summaries.append(DeviceSummary(d.user, math.inf, cfg.delta, cfg.rounds, unit))
+        elif cfg.engine == "flower":
+            db = sqlite_utils.Database(flower / f"{d.user}.db")
+            try:
+                summaries.append(DeviceSummary.from_ledger(db, d.user, d.user, unit, accountant))
+            finally:
+                db.close()
+        else:
+            with Vault.open(d.vault_path, d.passphrase) as vault:
+                summaries.append(DeviceSummary.from_ledger(vault.db, d.user, d.user, unit, accountant))
+    population_report(summaries, out_dir / "privacy_report.html", out_dir / "privacy_report.json",
+                      title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({unit}-level)")
+    return {"html": "privacy_report.html", "json": "privacy_report.json", "accountant": accountant}
+
+
+def run_simulation(cfg: SimulationConfig, show_progress: bool = False) -> dict:
+    """Run one simulation end to end and return the results dict (also written to cfg.out/results.json)."""
+    from simulations import devices as simdev
+    from simulations.engine_fast import FastEngine, check_engine
+    from simulations.plots import write_plots
+    from simulations.populations import load_population, select_devices, summary
+
+    import torch
+
+    cfg.validate()
+    check_engine(cfg)
+    torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    interrupted = False
+    pop = load_population(cfg.dataset, data_dir=cfg.data_dir, synthetic_devices=cfg.synthetic_devices, seed=cfg.seed)
+    pop = select_devices(pop, cfg.devices, sample=cfg.sample, seed=cfg.seed)
+    base_means, per_user_base = simdev.baselines(pop, cfg.max_events)
+    with _progress(show_progress) as bar:
+        task = bar.add_task("sealing device vaults", total=len(pop.devices))
+        devices = simdev.prepare_devices(pop, out_dir / "vaults", cfg.history, cfg.max_events,
+                                         progress=lambda n: bar.advance(task, n))
+        _set_policies(devices, cfg)
+        labels = pop.labels()
+        results = new_results(cfg, summary(pop), base_means)
+        results["privacy"]["accountant"] = simdev.GATE_ACCOUNTANT
+        if cfg.engine == "flower":
+            from simulations.engine_flower import run_flower
+
+            task = bar.add_task(f"Flower simulation ({cfg.rounds} rounds)", total=None)
+            results = run_flower(cfg, devices, labels, results, out_dir)
+            engine = None
+        else:
+            engine = FastEngine(cfg, devices, labels, out_dir / ".feature-cache",
+                                tick=lambda n: bar.advance(task, n))
+            results["privacy"]["noise_multiplier"] = engine.fcfg.noise_multiplier if cfg.mode == "federated" else None
+            t_setup = time.perf_counter()
+            task = bar.add_task("caching frozen-layer features", total=2 * len(devices))
+            engine.precompute(progress=lambda n: bar.advance(task, n))
+            results["timing"] = {"setup_s": t_setup - t_start, "precompute_s": time.perf_counter() - t_setup}
+            per_round = len(engine.cohort()) if cfg.devices_per_round else len(devices)
+            task = bar.add_task("round 1", total=per_round)
+
+            def step(r: int) -> RoundResult:
+                bar.reset(task, total=per_round, description=f"round {r}/{cfg.rounds}")
+                return engine.round(r)
+
+            try:
+                run_loop(results, cfg.rounds, step, out_dir)
+            except KeyboardInterrupt:
+                interrupted = True
+            results["devices"] = engine.device_rows()
+            write_results(results, out_dir)
+    if engine is not None:
+        results["groups"] = _groups(results["devices"], per_user_base)
+        if not interrupted:
+            results["planted"] = _planted_summary(pop, devices, engine, cfg.max_events)
+        results["timing"].update(_throughput(results, engine))
+        engine.close()
+    if not cfg.non_private:
+        results["privacy"].update(_stated_epsilons(cfg, results))
+    results["audit"] = _privacy_report(devices, cfg, out_dir)
+    results["plots"] = write_plots(results, out_dir)
+    results["wall_s"] = time.perf_counter() - t_start
+    write_results(results, out_dir)
+    if interrupted:  # the partial result, its plots and report are written: now stop like Ctrl-C does
+        raise KeyboardInterrupt
+    return results
+
+
+def _throughput(results: dict, engine) -> dict:
+    """Device-rounds per minute over the rounds, and the training share of the time."""
+    rounds_s = sum(r["wall_s"] for r in results["rounds"])
+    device_rounds = sum(r.get("sampled", r.get("devices_evaluated", 0)) for r in results["rounds"])
+    return {"rounds_s": rounds_s, "device_rounds": device_rounds,
+            "device_rounds_per_min": 60 * device_rounds / rounds_s if rounds_s else None,
+            "train_s": engine.train_seconds, "examples_trained": engine.train_examples_seen,
+            "feature_cache": {"hits": engine.cache.hits, "misses": engine.cache.misses}}
+
+
+def _stated_epsilons(cfg: SimulationConfig, results: dict) -> dict:
+    """The record- and user-level (epsilon, delta) the run used, stated plainly for the output."""
+    final = results.get("final") or {}
+    if cfg.mode == "federated":
+        return {
+            "user_epsilon": final.get("epsilon_max", 0.0),
+            "record_epsilon": final.get("epsilon_max", 0.0),
+            "record_note": ("user-level DP covers every record of a device, so the shared adapter is also "
+                            "record-level DP at the same epsilon; the personal adapter is fine-tuned on the "
+                            "device without DP-SGD and never leaves its vault"),
+        }
+    return {"record_epsilon": final.get("epsilon_max", 0.0), "user_epsilon": None,
+            "record_note": "local-only: nothing leaves the device; the local adapter is DP-SGD at record level"}

@@ -1,0 +1,315 @@
+"""The fast engine: every virtual device in one process, on ONE shared frozen base.
+
+It runs the same client and server logic as the Flower apps: each device's round is
+`federation.device.train_round` (with the device's own vault ledger as its ReleaseGate), the
+server screens and averages with `federation.server.aggregate`, and devices score the global
+and their personalised adapters with `federation.device.evaluate_device`. What makes it fast:
+
+- the base is loaded and LoRA-wrapped once; devices only swap adapter arrays;
+- LoRA sits on the top layer only, so the frozen lower layers' outputs for each device's
+  examples are computed once (batched across devices before round 1) and reused in every
+  round, from a memory-bounded cache that spills to disk (`simulations.devices.FeatureCache`);
+- no actors, messages or serialisation between server and devices.
+
+`--mode local` (local-only personalization) trains each device's own adapter with DP-SGD at
+record level through personal/'s `train_adapter`, a round being `local_epochs` more passes;
+the noise is calibrated once for the whole run, and each round's steps are one release in the
+device's ledger, so the ledger's epsilon reaches the target exactly at the last round.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from simulations.devices import FeatureCache, SimDevice, attach_feature_cache, encode_all
+from simulations.runner import BadSimulationConfig, RoundResult, SimulationConfig, epsilon_stats
+
+MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round and evaluate_device use
+
+
+def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int = 0):
+    """The FederationConfig a simulation runs with (device-side noise calibrated to the user-level target)."""
+    from federation.config import FederationConfig
+
+    k = min(n_devices, cfg.devices_per_round or n_devices)
+    q = k / n_devices
+    z = 0.0 if cfg.non_private else user_noise(cfg.epsilon, q, cfg.rounds, cfg.delta)
+    return FederationConfig(
+        rounds=cfg.rounds, mode="device", clip_norm=cfg.update_clip, noise_multiplier=z, delta=cfg.delta,
+        fraction_train=q, fraction_evaluate=q, min_train_devices=min(2, k), min_evaluate_devices=min(2, k),
+        min_available_devices=min(2, n_devices), base=cfg.model, local_epochs=cfg.local_epochs,
+        local_lr=cfg.learning_rate, batch_size=cfg.batch_size, lora_r=cfg.lora_rank,
+        personal_epochs=cfg.personal_epochs, history=cfg.history, seed=cfg.seed,
+    )
+
+
+@lru_cache(maxsize=256)
+def user_noise(epsilon: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """Noise multiplier so that `rounds` rounds at cohort rate q cost `epsilon` (user level)."""
+    from privacy.accountant import noise_for_epsilon
+    from simulations.devices import GATE_ACCOUNTANT
+
+    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, rounds, delta, accountant=GATE_ACCOUNTANT))
+
+
+@lru_cache(maxsize=1024)
+def record_noise(epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Noise multiplier for local DP-SGD: `steps` steps at sample rate q cost `epsilon` (record level)."""
+    from privacy.accountant import noise_for_epsilon
+    from simulations.devices import GATE_ACCOUNTANT
+
+    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, steps, delta, accountant=GATE_ACCOUNTANT))
+
+
+def quantized_rate(batch_size: int, n: int) -> float:
+    """batch/n rounded to a power of two (≤ 1), so few distinct (q, steps) need a noise calibration."""
+    if n <= batch_size:
+        return 1.0
+    return 2.0 ** -round(math.log2(n / batch_size))
+
+
+@dataclass
+class DeviceState:
+    """What the engine remembers about a device between rounds (its ledger lives in its vault)."""
+
+    epsilon: float = 0.0
+    rounds: int = 0
+    declined: str | None = None
+    last_eval: dict = field(default_factory=dict)
+    adapter: object = None  # local mode: the device's own adapter between rounds
+
+
+class FastEngine:
+    """Runs rounds of the simulation in-process. `round(r)` returns that round's metrics."""
+
+    def __init__(self, cfg: SimulationConfig, devices: Sequence[SimDevice], labels: Sequence[str],
+                 cache_dir: Path, tick: Callable[[int], None] | None = None) -> None:
+        from federation.device import initial_adapter, lora_settings, shared_base
+        from personal.training import wrap
+
+        self.cfg, self.devices, self.labels = cfg, list(devices), list(labels)
+        self.tick = tick or (lambda n: None)
+        self.fcfg = federation_config(cfg, len(self.devices), len(self.labels))
+        self.base = shared_base(cfg.model)
+        self.pm = wrap(self.base, lora_settings(self.fcfg))
+        self.cache = FeatureCache(cache_dir)
+        attach_feature_cache(self.pm, self.cache)
+        self.state = {d.user: DeviceState() for d in self.devices}
+        self.global_adapter = initial_adapter(self.base, self.labels, self.fcfg) if cfg.mode == "federated" else None
+        self.rng = random.Random(cfg.seed)
+        self.np_rng = np.random.default_rng(cfg.seed)
+        self.participations: dict[str, int] = {}
+        self.train_seconds = 0.0
+        self.train_examples_seen = 0
+
+    # -- setup ----------------------------------------------------------------------------
+    def precompute(self, progress: Callable[[int], None] | None = None) -> None:
+        """Encode every device's train and test texts through the frozen layers, batched across devices."""
+        lists = []
+        for d in self.devices:
+            lists.append([e.text for e in d.train if e.label is not None])
+            lists.append([e.text for e in d.test if e.label is not None])
+        encode_all(self.pm, lists, MAX_LENGTH, progress=progress)
+
+    def cohort(self) -> list[SimDevice]:
+        """The devices sampled this round (all when --devices-per-round is not set)."""
+        k = min(len(self.devices), self.cfg.devices_per_round or len(self.devices))
+        if k == len(self.devices):
+            return list(self.devices)
+        return self.rng.sample(self.devices, k)
+
+    def round(self, r: int) -> RoundResult:
+        """One round in the configured mode."""
+        t0 = time.perf_counter()
+        if self.cfg.mode == "federated":
+            metrics = self._federated_round(r)
+        else:
+            metrics = self._local_round(r)
+        metrics.wall_s = time.perf_counter() - t0
+        return metrics
+
+    # -- federated ------------------------------------------------------------------------
+    def _federated_round(self, r: int) -> RoundResult:
+        from federation.device import DeviceDeclined, DeviceRound, adapter_from_arrays, train_round
+        from federation.server import aggregate
+        from federation.update import spec_of
+
+        cohort = self.cohort()
+        q = len(cohort) / len(self.devices)
+        updates, nbytes = [], []
+        for d in cohort:
+            st = self.state[d.user]
+            with d.open_gate() as (_vault, gate):
+                ctx = DeviceRound(d.user, r, q, None if self.cfg.non_private else gate, d.user,
+                                  np.random.default_rng([self.cfg.seed, r, self._index(d)]), seed=self.cfg.seed + r)
+                ts = time.perf_counter()
+                try:
+                    res = train_round(self.base, self.global_adapter, d.train, self.fcfg, ctx)
+                except DeviceDeclined as exc:
+                    st.declined = exc.reason
+                    self.tick(1)
+                    continue
+                self.train_seconds += time.perf_counter() - ts
+                self.train_examples_seen += len(d.train) * self.fcfg.local_epochs
+                if self.cfg.non_private:
+                    gate.commit_non_private(d.user, "user", res.wire.sha256(),
+                                            details={"round": r, "mode": "simulation", "non_private": True})
+                    st.epsilon = math.inf
+                else:
+                    st.epsilon = float(res.epsilon if res.epsilon is not None else gate.spent(d.user, "user"))
+            st.rounds += 1
+            updates.append(res.update)
+            nbytes.append(res.bytes_up)
+            self.tick(1)
+        spec = spec_of(self.global_adapter.tensors)
+        outcome = aggregate(self.global_adapter.tensors, updates, spec, self.fcfg, r, self.np_rng)
+        self.global_adapter = adapter_from_arrays(self.base, outcome.arrays, self.labels, self.fcfg)
+        evals = self._evaluate_federated(cohort, r)
+        extra = {"sampled": len(cohort), "accepted": len(outcome.accepted), "rejected": len(outcome.rejected),
+                 "declined": sum(1 for d in cohort if self.state[d.user].declined), "devices_evaluated": len(evals),
+                 "global_top5": _mean([e["global-top5"] for e in evals])}
+        return self._round_result(r, evals, nbytes, extra)
+
+    def _evaluate_federated(self, cohort: Sequence[SimDevice], r: int) -> list[dict]:
+        """Each evaluated device scores the new global adapter and its personalised fine-tune of it."""
+        from federation.device import evaluate_device
+
+        out = []
+        for d in cohort:
+            ts = time.perf_counter()
+            m = evaluate_device(self.base, self.global_adapter, d.train, d.test, self.fcfg, seed=self.cfg.seed + r)
+            self.train_seconds += time.perf_counter() - ts
+            self.train_examples_seen += len(d.train) * self.fcfg.personal_epochs
+            self.state[d.user].last_eval = m
+            out.append(m)
+        return out
+
+    # -- local only -----------------------------------------------------------------------
+    def _local_round(self, r: int) -> RoundResult:
+        from federation.device import topk_accuracy
+
+        evals = []
+        for d in self.devices:
+            st = self.state[d.user]
+            labels = sorted({e.label for e in d.train if e.label is not None})
+            test = [e for e in d.test if e.label is not None]
+            if not labels or not test:
+                self.tick(1)
+                continue
+            ts = time.perf_counter()
+            adapter = self._local_train(d, st, labels, r)
+            self.train_seconds += time.perf_counter() - ts
+            self.pm.load_adapter(adapter)
+            probs = self.pm.predict_proba([e.text for e in test], max_length=MAX_LENGTH)
+            targets = [e.label for e in test]
+            m = {"top1": topk_accuracy(probs, labels, targets, 1), "top5": topk_accuracy(probs, labels, targets, 5),
+                 "num-test": float(len(test))}
+            st.last_eval = m
+            evals.append(m)
+            self.tick(1)
+        return self._round_result(r, evals, [0] * len(self.devices), {"devices_evaluated": len(evals)})
+
+    def _local_train(self, d: SimDevice, st: DeviceState, labels: list[str], r: int):
+        """`local_epochs` more DP-SGD passes over the device's own events: one record-level release."""
+        from personal.training import DPConfig, MechanismPlan, TrainConfig, train_adapter
+
+        train = [e for e in d.train if e.label is not None]
+        tcfg = TrainConfig(lora=self.pm.lora, epochs=self.cfg.local_epochs, batch_size=self.cfg.batch_size,
+                           lr=self.cfg.learning_rate, max_length=MAX_LENGTH, seed=self.cfg.seed + r)
+        with d.open_gate() as (vault, gate):
+            if self.cfg.non_private:
+                res = train_adapter(self.base, train, labels, tcfg, DPConfig.non_private(), init=st.adapter)
+                gate.commit_non_private(d.user, "record", res.adapter.sha256(), details={"round": r, "mode": "simulation"})
+                st.epsilon = math.inf
+            else:
+                q = quantized_rate(self.cfg.batch_size, len(train))
+                per_round = max(1, math.ceil(self.cfg.local_epochs / q))
+                z = record_noise(self.cfg.epsilon, q, per_round * self.cfg.rounds, self.cfg.delta)
+                start, end = per_round * (r - 1), per_round * r
+                plan = MechanismPlan(noise_multiplier=z, sample_rate=q, steps=end, delta=self.cfg.delta, epsilon=None)
+                step_plan = MechanismPlan(z, q, per_round, self.cfg.delta, None)
+                gate.check(d.user, "record", step_plan.mechanism())
+                res = train_adapter(self.base, train, labels, tcfg, DPConfig(noise_multiplier=z, delta=self.cfg.delta,
+                                    max_grad_norm=self.cfg.clip_norm), init=st.adapter, start_step=start, plan=plan)
+                gate.commit(d.user, "record", step_plan.mechanism(), artefact_sha256=res.adapter.sha256(),
+                            mechanism="dp-sgd", details={"round": r, "mode": "simulation", "steps": per_round})
+                st.epsilon = gate.spent(d.user, "record")
+            vault.put_artefact(d.user, "adapter", "simulation-local", res.adapter.to_bytes(),
+                               {"round": r, "epsilon": None if math.isinf(st.epsilon) else st.epsilon})
+        self.train_examples_seen += len(train) * self.cfg.local_epochs
+        st.adapter, st.rounds = res.adapter, st.rounds + 1
+        return res.adapter
+
+    # -- shared ---------------------------------------------------------------------------
+    def _index(self, d: SimDevice) -> int:
+        return next(i for i, x in enumerate(self.devices) if x is d)
+
+    def _round_result(self, r: int, evals: list[dict], nbytes: list[int], extra: dict) -> RoundResult:
+        eps = [s.epsilon for s in self.state.values() if s.rounds > 0]
+        e_max, e_med = epsilon_stats(eps)
+        return RoundResult(
+            round=r, top1=_mean([e["top1"] for e in evals]), top5=_mean([e["top5"] for e in evals]),
+            global_top1=_mean([e["global-top1"] for e in evals]) if self.cfg.mode == "federated" else None,
+            epsilon_max=e_max, epsilon_median=e_med,
+            bytes_up_per_device=float(statistics.mean(nbytes)) if nbytes else 0.0, wall_s=0.0, extra=extra,
+        )
+
+    def personal_hits(self, d: SimDevice) -> list[bool]:
+        """Per held-out example: is the device's personalised model's top-1 right? (planted-routine check)
+
+        Federated: the same personalization `evaluate_device` does (fine-tune from the final global);
+        local: the device's own adapter.
+        """
+        from federation.device import train_config
+        from personal.training import DPConfig, train_adapter
+
+        test = [e for e in d.test if e.label is not None]
+        if self.cfg.mode == "federated":
+            usable = [e for e in d.train if e.label in set(self.labels)]
+            adapter = self.global_adapter
+            if self.fcfg.personal_epochs > 0 and usable:
+                adapter = train_adapter(self.base, usable, self.labels, train_config(self.fcfg, self.fcfg.personal_epochs,
+                                        self.cfg.seed + self.cfg.rounds), DPConfig.non_private(), init=adapter).adapter
+        else:
+            adapter = self.state[d.user].adapter
+            if adapter is None:
+                return [False] * len(test)
+        self.pm.load_adapter(adapter)
+        probs = self.pm.predict_proba([e.text for e in test], max_length=MAX_LENGTH)
+        best = np.argmax(probs, axis=1)
+        return [adapter.labels[i] == e.label for i, e in zip(best, test)]
+
+    def device_rows(self) -> list[dict]:
+        """Per device: events, group, epsilon spent, rounds taken part in, last evaluation."""
+        rows = []
+        for d in self.devices:
+            st = self.state[d.user]
+            rows.append({"user": d.user, "events": d.n_events, "group": d.group, "epsilon": st.epsilon,
+                         "rounds": st.rounds, "declined": st.declined,
+                         "top1": st.last_eval.get("top1"), "top5": st.last_eval.get("top5"),
+                         "global_top1": st.last_eval.get("global-top1")})
+        return rows
+
+    def close(self) -> None:
+        """Remove the spilled feature files (they are derived from personal events)."""
+        self.cache.clear_files()
+
+
+def _mean(values: Sequence[float]) -> float:
+    values = [v for v in values if v is not None]
+    return float(statistics.mean(values)) if values else 0.0
+
+
+def check_engine(cfg: SimulationConfig) -> None:
+    """Settings the engines cannot run."""
+    if cfg.engine == "flower" and cfg.mode != "federated":
+        raise BadSimulationConfig("--engine flower runs federated rounds only; use --engine fast for --mode local")
