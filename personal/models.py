@@ -104,6 +104,10 @@ def load_base(name: str, *, cache_dir: Path | None = None, dtype: str = "float32
             base = _tiny(CAUSAL, name)
         elif Path(name).expanduser().is_dir():
             base = _load_folder(Path(name).expanduser())
+        elif ":" in name:  # a slimmed base such as "smollm2-135m:int8", slimmed once and cached (personal/slim)
+            from personal.slim.pipeline import load_spec
+
+            base = load_spec(name, cache_root(cache_dir))
         else:
             raise ModelNotFound(f"unknown base model {name!r}: use one of {', '.join(NAMES)} or a local model folder")
     finally:
@@ -239,6 +243,10 @@ def _tiny(kind: str, name: str, seed: int = 0) -> BaseModel:
 
 def _load_folder(path: Path) -> BaseModel:
     """A local HF folder: BERT-like encoders load as AutoModel, Llama-like decoders as causal LMs."""
+    if (path / "slim.json").is_file():  # written by `homebody slim`: quantized layers need its loader
+        from personal.slim.folder import load_slim
+
+        return load_slim(path)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     try:

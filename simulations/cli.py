@@ -69,6 +69,9 @@ def _register_all() -> None:
     from personal import cli_model
 
     cli_model.register(app)
+    from personal import cli_slim
+
+    cli_slim.register(app)
     from personal import cli_serve
 
     cli_serve.register(app)

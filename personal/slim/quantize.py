@@ -269,7 +269,9 @@ class Int8Embedding(nn.Embedding):
         return self.qweight.float() * self.scale.float()[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(ids, self.qweight).float() * self.scale.float()[ids].unsqueeze(-1)
+        # Output in the scales' dtype, so a base cast to bfloat16 stays bfloat16 throughout.
+        rows = nn.functional.embedding(ids, self.qweight).float() * self.scale.float()[ids].unsqueeze(-1)
+        return rows.to(self.scale.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, scheme=int8"
