@@ -71,8 +71,10 @@ def test_generation_refuses_bad_requests(tiny_causal, provenance, signer):
     # Every refusal happens before generation starts, so nothing here runs the model.
     with pytest.raises(WatermarkError):
         generate_labelled(*args, "hi", replace(provenance, watermark_key_id="0" * 32), signer, watermark_key=key, max_new_tokens=2)
-    with pytest.raises(ProvenanceError):  # MiniLM's tokenizer has no chat template
-        generate_labelled(*args, [{"role": "user", "content": "hi"}], provenance, signer, watermark_key=key, max_new_tokens=2)
+    with pytest.raises(ProvenanceError):
+        generate_labelled(*args, [], provenance, signer, watermark_key=key, max_new_tokens=2)
+    with pytest.raises(ProvenanceError):
+        generate_labelled(*args, [{"role": "user"}], provenance, signer, watermark_key=key, max_new_tokens=2)
     with pytest.raises(ProvenanceError):
         generate_labelled(*args, 42, provenance, signer, watermark_key=key, max_new_tokens=2)
     with pytest.raises(ProvenanceError):
