@@ -88,12 +88,14 @@ class AssistantConfig:
     history: int = 3
     summary_events: int = 2000
     chat_batch: int = 8
+    token_cap: int = 512  # no answer is longer, whatever a request asks
     system_prompt: str = ("You are a private assistant running on the owner's own device. "
                           "Answer briefly from the owner's habits below.")
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_new_tokens <= 4096 or not 1 <= self.chat_batch <= 256 or self.history < 1:
-            raise AssistantError("max_new_tokens must be 1..4096, chat_batch 1..256 and history >= 1")
+        if not 1 <= self.max_new_tokens <= 4096 or not 1 <= self.chat_batch <= 256 or self.history < 1 \
+                or not 1 <= self.token_cap <= 4096:
+            raise AssistantError("max_new_tokens and token_cap must be 1..4096, chat_batch 1..256 and history >= 1")
 
     @property
     def chat_name(self) -> str:
@@ -449,6 +451,7 @@ class Assistant:
         n = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 4096:
             raise AssistantError(f"max_new_tokens must be an integer in 1..4096, got {n!r}")
+        n = min(n, self.config.token_cap)
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._vault_lock:
             if self._closed:
@@ -527,6 +530,16 @@ class Assistant:
                 if base.kind != CAUSAL:
                     raise TrainingError(f"chat needs a causal (generative) base such as smollm2-135m, not {base.name}")
                 habits = self._habits()
+                limit = int(getattr(base.model.config, "max_position_embeddings", 0) or 0) - max_new_tokens
+                ready: list[tuple[_ChatRequest, Any, int]] = []
+                for r in batch:  # a chat too long for the model fails alone, the others go on
+                    try:
+                        ready.append((r, *_fit_prompt(base.tokenizer, self.config.system_prompt, habits, r.prompt, limit)))
+                    except InvalidMessages as exc:
+                        r.future.set_exception(exc)
+                if not ready:
+                    return
+                batch = [r for r, _, _ in ready]
                 adapter = self._chat_adapter(base)
                 notes: tuple[str, ...] = ()
                 if adapter is not None:
@@ -536,21 +549,20 @@ class Assistant:
                     notes = (f"no {base.name} adapter for {self.profile!r}: answering from the habit summary only",)
                     for pm in base.wrapped.values():  # an adapter loaded earlier must not leak into this answer
                         pm.clear()
-                prompts = [_prompt(base.tokenizer, self.config.system_prompt + "\nHabits:\n" + habits, r.prompt)
-                           for r in batch]
                 t = time.perf_counter()
                 out = generate_labelled_batch(
-                    base.model, base.tokenizer, prompts,
+                    base.model, base.tokenizer, [p for _, p, _ in ready],
                     provenance_for(base, adapter_sha256=adapter.sha256() if adapter is not None else None),
                     self._signer, watermark_key=derive_watermark_key(self._signer), max_new_tokens=max_new_tokens)
                 took = time.perf_counter() - t
-                sizes = [_n_tokens(base.tokenizer, p) for p in prompts]
-                done = [_n_tokens(base.tokenizer, lab.content) for lab in out]
+                # re-tokenising decoded text can split differently from generation: never count past the limit
+                done = [min(_n_tokens(base.tokenizer, lab.content), max_new_tokens) for lab in out]
         except BaseException as exc:  # every caller in the batch sees the failure
             for r in batch:
-                r.future.set_exception(exc)
+                if not r.future.done():
+                    r.future.set_exception(exc)
             return
-        for r, lab, n_in, n_out in zip(batch, out, sizes, done):
+        for (r, _, n_in), lab, n_out in zip(ready, out, done):
             r.future.set_result(Reply(lab, base.name, adapter is not None, n_in, n_out, max_new_tokens, took, notes))
 
     # ---------------------------------------------------------------- privacy
@@ -634,6 +646,26 @@ def _prompt(tokenizer: Any, system: str, convo: list[dict[str, str]]) -> Any:
     if getattr(tokenizer, "chat_template", None):
         return turns
     return "\n".join(f"{_TEMPLATE_FREE_ROLES[m['role']]}: {m['content']}" for m in turns) + "\nAssistant:"
+
+
+def _fit_prompt(tokenizer: Any, system: str, habits: str, convo: list[dict[str, str]], limit: int) -> tuple[Any, int]:
+    """The prompt and its length in tokens, within the model's context ``limit`` (<= 0: no limit).
+
+    The habit summary loses lines from its end first, then the oldest turns go (never the last
+    one); a conversation whose last turn alone does not fit is refused with ``InvalidMessages``.
+    """
+    lines = habits.split("\n")
+    while True:
+        prompt = _prompt(tokenizer, system + "\nHabits:\n" + "\n".join(lines), convo)
+        n = _n_tokens(tokenizer, prompt)
+        if limit <= 0 or n <= limit:
+            return prompt, n
+        if len(lines) > 1:
+            lines = lines[: max(1, len(lines) // 2)]
+        elif len(convo) > 1:
+            convo = convo[1:]
+        else:
+            raise InvalidMessages(f"the conversation needs {n} tokens; the model's context leaves room for {limit}")
 
 
 def _n_tokens(tokenizer: Any, prompt: Any) -> int:

@@ -22,6 +22,7 @@ def serve(
     model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
     chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Causal base that answers chats (default: --model if causal, else its partner)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=1024, help="Default answer length in tokens."),
+    token_cap: int = typer.Option(512, "--max-tokens-cap", min=1, max=4096, help="No answer is longer, whatever a request asks."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),
 ) -> None:
     """Serve the owner's assistant: OpenAI-compatible chat, events, suggestions, personalization, budget, erasure."""
@@ -38,7 +39,7 @@ def serve(
     if not _loopback(host):
         err_console.print(f"[yellow]warning: binding {host} exposes the API beyond this device (the token is still required)[/]")
     with Assistant.open(path, get_passphrase(key_file), profile, model, chat_model=chat_model,
-                        max_new_tokens=max_new_tokens) as assistant:
+                        max_new_tokens=min(max_new_tokens, token_cap), token_cap=token_cap) as assistant:
 
         def ready(url: str) -> None:
             console.print(f"homebody API for {assistant.profile!r} at {url} (token: {token_path(path)}); Ctrl-C stops",
