@@ -20,8 +20,13 @@ from privacy.errors import HomebodyError
 ACCOUNTANTS: tuple[str, ...] = ("pld", "prv", "rdp")
 DEFAULT_ACCOUNTANT = "pld"
 
-# dp-accounting's own default; coarser grids overstate tiny epsilons by more than 2%.
-PLD_DISCRETIZATION = 1e-4
+# PLD grid: dp-accounting's default 1e-4, coarsened to 1e-5 x a cheap RDP bound once epsilon
+# exceeds 10 (at most 1e-2). The result stays pessimistic (an upper estimate) and within ~0.1%
+# of a finer grid, and large epsilons (sigma 0.5, q 0.1, 10k steps) cost 0.1 s instead of 10 s.
+# Coarser grids for small epsilons overstate them by more than 2%.
+PLD_MIN_DISCRETIZATION = 1e-4
+PLD_MAX_DISCRETIZATION = 1e-2
+PLD_RELATIVE_DISCRETIZATION = 1e-5
 # opacus' default orders stop at 63; higher orders tighten the bound for small epsilons.
 RDP_ORDERS: tuple[float, ...] = tuple(
     [1.01, 1.02, 1.05] + [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 100, 128, 160, 200, 256, 384, 512, 1024]
@@ -97,6 +102,18 @@ def _merge(releases: Sequence[SubsampledGaussian]) -> list[tuple[float, float, i
     return [(z, q, t) for (z, q), t in steps.items()]
 
 
+def _rough_epsilon(merged: list[tuple[float, float, int]], delta: float) -> float:
+    """A cheap upper bound (dp-accounting RDP, no torch import) to size the PLD grid."""
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    # Integer orders only: the fractional ones make dp-accounting log convergence warnings.
+    acc = rdp_privacy_accountant.RdpAccountant(orders=list(range(2, 257)))
+    for z, q, t in merged:
+        acc.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(z)), t)
+    return float(acc.get_epsilon(delta))
+
+
 def _pld_epsilon(merged: list[tuple[float, float, int]], delta: float) -> float:
     import dp_accounting
     from dp_accounting.pld import pld_privacy_accountant
@@ -107,7 +124,9 @@ def _pld_epsilon(merged: list[tuple[float, float, int]], delta: float) -> float:
         )
         for z, q, t in merged
     ]
-    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
+    grid = PLD_RELATIVE_DISCRETIZATION * _rough_epsilon(merged, delta)
+    grid = min(PLD_MAX_DISCRETIZATION, max(PLD_MIN_DISCRETIZATION, grid))
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=grid)
     acc.compose(dp_accounting.ComposedDpEvent(events))
     return float(acc.get_epsilon(delta))
 
@@ -115,7 +134,7 @@ def _pld_epsilon(merged: list[tuple[float, float, int]], delta: float) -> float:
 def _prv_epsilon(merged: list[tuple[float, float, int]], delta: float) -> float:
     from opacus.accountants import PRVAccountant
 
-    rough = _rdp_epsilon(merged, delta)
+    rough = _rough_epsilon(merged, delta)
     if rough > PRV_MAX_EPSILON:
         raise ValueError(f"epsilon is about {rough:.4g} (RDP): opacus PRV is unreliable above {PRV_MAX_EPSILON:g}, use pld")
     acc = PRVAccountant()

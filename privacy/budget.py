@@ -144,10 +144,9 @@ class ReleaseGate:
             raise BudgetError(f"mech must be a SubsampledGaussian, got {type(mech).__name__}")
         pol = self.policy(profile, unit)
         past = self._releases(profile, unit)
-        spent = self._epsilon(past, pol.delta)
         after = self._epsilon(past + [mech], pol.delta)
         if after > pol.epsilon_cap:
-            raise BudgetExhausted(profile=profile, unit=unit, spent=spent, cap=pol.epsilon_cap,
+            raise BudgetExhausted(profile=profile, unit=unit, spent=self._epsilon(past, pol.delta), cap=pol.epsilon_cap,
                                   requested=self._epsilon([mech], pol.delta), epsilon_after=after, delta=pol.delta)
         if pol.window_days is not None:
             recent = self._releases(profile, unit, since=self._clock() - timedelta(days=pol.window_days))

@@ -1,0 +1,49 @@
+"""Helpers for the privacy tests: a plain SQLite file with a device key, releases, the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from privacy.accountant import SubsampledGaussian
+from privacy.budget import ReleaseGate
+from privacy.ledger import META_TABLE, PUBLIC_KEY_META, public_key_hex
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sha(data: bytes | str) -> str:
+    """SHA-256 hex of some bytes (stands for an adapter or update artefact)."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def signed_db(path: Path) -> tuple[sqlite_utils.Database, Ed25519PrivateKey]:
+    """A plain SQLite file holding a fresh device public key in meta, as a vault does."""
+    key = Ed25519PrivateKey.generate()
+    db = sqlite_utils.Database(path)
+    db[META_TABLE].insert({"key": PUBLIC_KEY_META, "value": public_key_hex(key)}, pk="key")
+    return db, key
+
+
+def fill(gate: ReleaseGate, n: int = 5) -> list:
+    """Commit ``n`` small releases alternating between two profiles and both units."""
+    recs = []
+    for i in range(n):
+        profile = "alice" if i % 2 == 0 else "bob"
+        unit = "record" if i % 3 else "user"
+        mech = SubsampledGaussian(1.0 + 0.1 * i, 0.01, 100 * (i + 1))
+        recs.append(gate.commit(profile, unit, mech, sha(f"artefact {i}"), details={"i": i}))
+    return recs
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real `homebody` CLI in a subprocess (exit code and stderr as a user sees them)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "simulations.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, stdin=subprocess.DEVNULL, timeout=120)
