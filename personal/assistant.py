@@ -356,19 +356,21 @@ class Assistant:
             return self.vault.count(self.profile) if self.vault.has_profile(self.profile) else 0
 
     # ---------------------------------------------------------------- personalization
-    def personalize(self, epsilon: float | None = 3.0, *, epochs: float = 3.0, batch_size: int = 32,
-                    non_private: bool = False, on_progress: Callable[[Job], None] | None = None,
+    def personalize(self, epsilon: float | None = 3.0, *, noise_multiplier: float | None = None, epochs: float = 3.0,
+                    batch_size: int = 32, non_private: bool = False, on_progress: Callable[[Job], None] | None = None,
                     background: bool = True) -> Job:
         """Train the owner's adapter with DP-LoRA within the budget; returns the ``Job``.
 
         ``background=True`` starts a thread and returns at once (``job.wait()`` re-raises a
         ``BudgetExhausted`` with ``.remaining``); ``background=False`` runs here and raises
-        directly. ``on_progress(job)`` is called after every step.
+        directly. ``on_progress(job)`` is called after every step. A ``noise_multiplier`` replaces
+        the target epsilon (the release's epsilon is then computed, not searched for).
         """
         from personal.adapter import LoraSettings
         from personal.training import DPConfig, TrainConfig
 
-        dp = DPConfig.non_private() if non_private else DPConfig(epsilon=epsilon)
+        dp = DPConfig.non_private() if non_private else DPConfig(
+            epsilon=None if noise_multiplier is not None else epsilon, noise_multiplier=noise_multiplier)
         dp.validate()
         cfg = TrainConfig(lora=LoraSettings(), epochs=epochs, batch_size=batch_size)
         with self._vault_lock:

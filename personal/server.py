@@ -148,6 +148,7 @@ class SuggestionsOut(BaseModel):
 
 class PersonalizeIn(Strict):
     epsilon: float = Field(3.0, gt=0, le=100, description="Target epsilon of this release (record level).")
+    noise_multiplier: Optional[float] = Field(None, ge=0.3, le=100, description="Use this noise instead of a target epsilon.")
     epochs: float = Field(3.0, gt=0, le=50)
     batch_size: int = Field(32, ge=1, le=512)
     non_private: bool = Field(False, description="Train WITHOUT differential privacy (spends the budget to infinity).")
@@ -359,7 +360,8 @@ def create_app(assistant: "Assistant | None", token: str, *, max_body_bytes: int
                                                                             "epsilon), a job running, or too few events"}})
     def personalize(body: PersonalizeIn) -> dict:
         """Start DP personalization as a job once the budget check passed; poll `GET /v1/jobs/{id}`."""
-        job = owner().personalize(None if body.non_private else body.epsilon, epochs=body.epochs,
+        job = owner().personalize(None if body.non_private else body.epsilon, noise_multiplier=body.noise_multiplier,
+                                  epochs=body.epochs,
                                   batch_size=body.batch_size, non_private=body.non_private)
         job.wait_admitted(ADMISSION_TIMEOUT_S)  # raises BudgetExhausted → 409 naming what remains
         return job.to_dict()
@@ -472,3 +474,18 @@ def start_in_thread(assistant: "Assistant", token: str, host: str = "127.0.0.1",
         time.sleep(0.02)
     server.thread = thread
     return server, bound_url(server)
+
+
+def write_openapi(path: str) -> None:
+    """Write the OpenAPI document (sorted keys) to ``path``: ``python -m personal.server --write-openapi docs/openapi.json``."""
+    from pathlib import Path
+
+    Path(path).write_text(json.dumps(openapi_spec(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "--write-openapi":
+        sys.exit("usage: python -m personal.server --write-openapi docs/openapi.json")
+    write_openapi(sys.argv[2])
