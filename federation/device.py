@@ -134,7 +134,8 @@ def train_round(
 
     device = device or DeviceRound(device_id="device", round=1)
     mech = round_mechanism(config, device.sample_rate)
-    if device.gate is not None:
+    private = config.noise_multiplier > 0
+    if device.gate is not None and private:
         _check_budget(device, mech)
     result = train_adapter(base, examples, global_adapter.labels, train_config(config, config.local_epochs, device.seed),
                            DPConfig.non_private(), init=global_adapter)
@@ -147,13 +148,17 @@ def train_round(
     )
     wire = encode(noised, device.rng)
     epsilon = None
-    if device.gate is not None:
+    if device.gate is not None and not private:
+        details = {"round": device.round, "mode": config.mode, "federated": True}
+        device.gate.commit_non_private(device.profile, USER, wire.sha256(), details=details)
+        epsilon = float("inf")
+    elif device.gate is not None:
         record = device.gate.commit(
             device.profile, USER, mech, artefact_sha256=wire.sha256(), mechanism=MECHANISM[config.mode],
             details={"round": device.round, "clip_norm": config.clip_norm, "device_sigma": config.device_sigma,
                      "encoding": config.encoding, "mode": config.mode},
         )
-        epsilon = float(getattr(record, "epsilon", device.gate.spent(device.profile, USER)))
+        epsilon = float(record.epsilon)
     return RoundResult(decode(wire), wire, epsilon, raw_norm, len(examples))
 
 

@@ -119,6 +119,7 @@ class PopulationSource:
     devices: list[SimDevice]
     ledger_dir: str | None = None
     holdout: float = 0.2
+    epsilon_cap: float | None = None
 
     def open(self, context: "Context") -> DeviceHandle:
         from federation.device import split_examples
@@ -127,23 +128,27 @@ class PopulationSource:
         train, test = split_examples(device.examples, self.holdout)
         gate, close = (None, lambda: None)
         if self.ledger_dir:
-            gate, close = _sim_gate(Path(self.ledger_dir), device.device_id)
+            gate, close = _sim_gate(Path(self.ledger_dir), device.device_id, self.epsilon_cap)
         return DeviceHandle(device.device_id, train, test, gate, device.device_id, close)
 
 
-def _sim_gate(folder: Path, device_id: str) -> tuple["ReleaseGate", Callable[[], None]]:
-    """A per-device ledger for a simulated device: its own SQLite file and Ed25519 key."""
+def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple["ReleaseGate", Callable[[], None]]:
+    """A per-device ledger for a simulated device: its own SQLite file and Ed25519 key
+    (and, if given, a user-level policy with that epsilon cap at delta 1e-5)."""
     import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from privacy.budget import ReleaseGate
+    from privacy.budget import BudgetPolicy, ReleaseGate
 
     folder.mkdir(parents=True, exist_ok=True)
     key_path = folder / f"{device_id}.key"
     if not key_path.exists():
         key_path.write_bytes(Ed25519PrivateKey.generate().private_bytes_raw())
     db = sqlite_utils.Database(folder / f"{device_id}.db")
-    return ReleaseGate(db, signer=Ed25519PrivateKey.from_private_bytes(key_path.read_bytes())), db.close
+    gate = ReleaseGate(db, signer=Ed25519PrivateKey.from_private_bytes(key_path.read_bytes()))
+    if epsilon_cap is not None:
+        gate.set_policy(device_id, "user", BudgetPolicy(epsilon_cap=epsilon_cap, delta=1e-5))
+    return gate, db.close
 
 
 @dataclass
@@ -217,8 +222,13 @@ class RecordingMod:
         return reply
 
 
-def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: AuditWriter | None = None):
-    """The ClientApp: train -> `federation.device.train_round`, evaluate -> `evaluate_device`."""
+def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: AuditWriter | None = None,
+                    train_mods: Sequence[Callable] = ()):
+    """The ClientApp: train -> `federation.device.train_round`, evaluate -> `evaluate_device`.
+
+    `record_dir` adds a RecordingMod (outermost: it sees exactly what leaves the device);
+    `train_mods` are extra Flower mods on train only (Flower's DP mods break evaluate replies).
+    """
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -226,6 +236,7 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
 
     mods = [RecordingMod(record_dir)] if record_dir else []
     app = ClientApp()
+    train_chain = mods + list(train_mods)
 
     def _global(msg: "Message") -> tuple[FederationConfig, Any, Any, int]:
         raw = msg.content["config"]
@@ -236,7 +247,7 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
         adapter = dev.adapter_from_arrays(base, record_to_arrays(msg.content["arrays"]), list(raw["labels"]), cfg)
         return cfg, base, adapter, int(raw["server-round"])
 
-    @app.train(mods=mods)
+    @app.train(mods=train_chain)
     def train(msg: "Message", context: "Context") -> "Message":
         cfg, base, adapter, rnd = _global(msg)
         handle = source.open(context)
@@ -312,6 +323,7 @@ class FederationHistory:
     rounds: list[RoundRecord]
     arrays: Arrays
     summary: PopulationSummary | None = None
+    initial_arrays: Arrays = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rounds": [r.to_dict() for r in self.rounds], "summary": self.summary.to_dict() if self.summary else None}
@@ -330,6 +342,7 @@ class HomebodyStrategy:
         self.config, self.labels, self.base_sha256 = config, list(labels), base_sha256
         self.spec = spec_of(initial)
         self.global_arrays = {k: np.asarray(v, np.float32) for k, v in initial.items()}
+        self.initial_arrays = dict(self.global_arrays)
         self.rounds: dict[int, RoundRecord] = {}
         self.node_names: dict[int, str] = {}
         self.gone: set[int] = set()
@@ -484,7 +497,7 @@ class HomebodyStrategy:
             rejected=[r for rec in self.rounds.values() for r in rec.rejected],
         )
         _log(logging.INFO, "population summary (user level): %s", json.dumps(summary.to_dict(), default=str))
-        return FederationHistory([self.rounds[k] for k in sorted(self.rounds)], dict(self.global_arrays), summary)
+        return FederationHistory([self.rounds[k] for k in sorted(self.rounds)], dict(self.global_arrays), summary, self.initial_arrays)
 
 
 def _log(level: int, fmt: str, *args: Any) -> None:
@@ -541,18 +554,21 @@ def run_simulation(
     labels: Sequence[str],
     *,
     ledger_dir: str | None = None,
+    epsilon_cap: float | None = None,
     record_dir: str | None = None,
     audit_dir: str | None = None,
     num_cpus: int = 2,
+    train_mods: Sequence[Callable] = (),
 ) -> FederationHistory:
     """Run the ServerApp + ClientApp in Flower's simulation runtime (Ray), one virtual SuperNode
-    per device, `config.rounds` rounds. Returns the history (per round: top1/top5 of the
+    per device, `config.rounds` rounds. With `ledger_dir` each device keeps a signed ledger there
+    (user-level cap `epsilon_cap`, else privacy's default policy). Returns the history (per round: top1/top5 of the
     personalised adapters, global top1/top5, bytes up per device, user-level epsilon per device)."""
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     sink: list[FederationHistory] = []
-    source = PopulationSource(list(population), ledger_dir)
-    client = make_client_app(source, record_dir, AuditWriter(audit_dir) if audit_dir else None)
+    source = PopulationSource(list(population), ledger_dir, epsilon_cap=epsilon_cap)
+    client = make_client_app(source, record_dir, AuditWriter(audit_dir) if audit_dir else None, train_mods)
     server = make_server_app(ServerSetup(config, list(labels)), sink)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
     flwr_run_simulation(server_app=server, client_app=client, num_supernodes=len(population), backend_config=backend)
