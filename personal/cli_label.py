@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from personal.cli_common import KeyFile, VaultPath
 from personal.provenance.errors import ManifestError, WatermarkError
 
 label_app = typer.Typer(help="AI-generated output labels: verify a signed manifest, detect the watermark.", no_args_is_help=True)
@@ -56,34 +57,42 @@ def verify(
     raise typer.Exit(0 if verdict.ok else 1)
 
 
-def _read_key(key_file: Optional[Path]) -> bytes:
-    """The watermark key from --key-file (hex text or raw bytes) or $HOMEBODY_WATERMARK_KEY (hex)."""
-    if key_file is not None:
+def _read_key(watermark_key: Optional[Path], vault: Optional[Path], key_file: Optional[Path]) -> bytes:
+    """The watermark key: --watermark-key (hex or raw), $HOMEBODY_WATERMARK_KEY (hex), else the vault's device key."""
+    if watermark_key is not None:
         try:
-            data = key_file.read_bytes()
+            data = watermark_key.read_bytes()
         except OSError as exc:
-            raise WatermarkError(f"cannot read key file {key_file}: {exc.strerror}") from exc
+            raise WatermarkError(f"cannot read watermark key {watermark_key}: {exc.strerror}") from exc
         try:
             return bytes.fromhex(data.decode("ascii").strip())
         except (UnicodeDecodeError, ValueError):
             return data
     value = os.environ.get(KEY_ENV)
-    if not value:
-        raise WatermarkError(f"no watermark key: pass --key-file or set {KEY_ENV} (hex)")
-    try:
-        return bytes.fromhex(value.strip())
-    except ValueError as exc:
-        raise WatermarkError(f"{KEY_ENV} is not hex") from exc
+    if value:
+        try:
+            return bytes.fromhex(value.strip())
+        except ValueError as exc:
+            raise WatermarkError(f"{KEY_ENV} is not hex") from exc
+    from personal.cli_common import open_vault, resolve_vault_path
+    from personal.provenance.watermark import derive_watermark_key
+
+    if vault is None and not resolve_vault_path(None).is_file():
+        raise WatermarkError(f"no watermark key: pass --watermark-key FILE, set {KEY_ENV} (hex), or --vault for the device's key")
+    with open_vault(vault, key_file) as v:
+        return derive_watermark_key(v.signing_key())
 
 
 @label_app.command("detect")
 def detect(
     file: Path = typer.Argument(..., help="The text to test (a visible label, if present, is ignored)."),
-    key_file: Optional[Path] = typer.Option(None, "--key-file", help=f"Watermark key (hex or raw bytes); default ${KEY_ENV}."),
+    watermark_key: Optional[Path] = typer.Option(None, "--watermark-key", help=f"Watermark key file (hex or raw bytes); else ${KEY_ENV}, else the vault's device key."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="Manifest with the watermark settings (default: FILE.manifest.json if present)."),
     tokenizer: str = typer.Option("smollm2-135m", "--tokenizer", help="Tokenizer of the generating model: registry name, HF folder, or .gguf file."),
     threshold: float = typer.Option(4.0, "--threshold", help="z-score above which the text is called watermarked."),
     as_json: bool = typer.Option(False, "--json", help="Print the detection as JSON."),
+    vault: VaultPath = None,
+    key_file: KeyFile = None,
 ) -> None:
     """Print the watermark z-score, its p-value and the verdict."""
     from personal.provenance.labelled import read_sidecar, sidecar_path
@@ -92,7 +101,7 @@ def detect(
     from personal.provenance.watermark import WatermarkSettings, detect_watermark, settings_from_spec
 
     text = _read_text(file)
-    key = _read_key(key_file)
+    key = _read_key(watermark_key, vault, key_file)
     info = read_sidecar(manifest or sidecar_path(file)) if (manifest or sidecar_path(file).is_file()) else None
     spec = (info or {}).get("watermark") or None
     settings = settings_from_spec(spec, WatermarkSettings(z_threshold=threshold))
@@ -107,6 +116,35 @@ def detect(
             f"score (z) {result.score:.2f}  p-value {result.p_value:.3g}  tokens scored {result.tokens_scored}  "
             f"verdict: {result.verdict}"
         )
+
+
+@label_app.command("key")
+def key(
+    export_watermark_key: Optional[Path] = typer.Option(
+        None, "--export-watermark-key", help="Write the device's (secret) watermark key, hex, to this new file (mode 600)."
+    ),
+    vault: VaultPath = None,
+    key_file: KeyFile = None,
+) -> None:
+    """Show the device's public signing key and key ids (for `verify --public-key` and `detect`)."""
+    from personal.cli_common import open_vault
+    from personal.provenance.manifest import key_id, raw_public_key
+    from personal.provenance.watermark import derive_watermark_key, watermark_key_id
+
+    with open_vault(vault, key_file) as v:
+        signer = v.signing_key()
+    wm = derive_watermark_key(signer)
+    typer.echo(f"public key: {raw_public_key(signer.public_key()).hex()}")
+    typer.echo(f"key id: {key_id(signer.public_key())}")
+    typer.echo(f"watermark key id: {watermark_key_id(wm)}")
+    if export_watermark_key is not None:
+        try:
+            fd = os.open(export_watermark_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise WatermarkError(f"{export_watermark_key} exists: not overwriting a key file") from exc
+        with os.fdopen(fd, "w") as f:
+            f.write(wm.hex() + "\n")
+        typer.echo(f"watermark key written to {export_watermark_key} (keep it secret: it can also forge the watermark)")
 
 
 def register(app: typer.Typer) -> None:

@@ -90,7 +90,7 @@ def test_detect_reads_key_file_manifest_and_label(generations, tmp_path, monkeyp
     path, _ = marked[0].save(tmp_path / "gen.txt")
     key_file = tmp_path / "wm.key"
     key_file.write_text(key.hex())
-    res = runner.invoke(app, ["label", "detect", str(path), "--key-file", str(key_file), "--tokenizer", "tiny-causal", "--json"])
+    res = runner.invoke(app, ["label", "detect", str(path), "--watermark-key", str(key_file), "--tokenizer", "tiny-causal", "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.stdout)
     assert d["verdict"] == "watermarked" and d["score"] > 4 and d["p_value"] < 1e-4
@@ -103,5 +103,38 @@ def test_detect_reads_key_file_manifest_and_label(generations, tmp_path, monkeyp
 def test_detect_without_key_is_a_typed_error(saved, monkeypatch):
     text, _ = saved
     monkeypatch.delenv("HOMEBODY_WATERMARK_KEY", raising=False)
+    monkeypatch.setenv("HOMEBODY_VAULT", str(text.parent / "no-vault.db"))
     res = runner.invoke(app, ["label", "detect", str(text), "--tokenizer", "tiny-causal"])
     assert isinstance(res.exception, WatermarkError)
+
+
+def test_key_command_and_detect_with_the_device_key(tmp_path, monkeypatch, tiny_causal):
+    from personal.provenance import derive_watermark_key, generate_labelled, provenance_for
+    from personal.provenance.manifest import raw_public_key
+    from personal.vault import Vault, VaultConfig
+    from tests.labels.conftest import one_thread
+
+    vault_path = tmp_path / "v.db"
+    with Vault.create(vault_path, "pass phrase 1", VaultConfig(fast_kdf=True)) as v:
+        signer = v.signing_key()
+    monkeypatch.setenv("HOMEBODY_PASSPHRASE", "pass phrase 1")
+    monkeypatch.delenv("HOMEBODY_WATERMARK_KEY", raising=False)
+    exported = tmp_path / "wm.key"
+    res = runner.invoke(app, ["label", "key", "--vault", str(vault_path), "--export-watermark-key", str(exported)])
+    assert res.exit_code == 0, res.output
+    assert f"public key: {raw_public_key(signer.public_key()).hex()}" in res.stdout
+    assert exported.read_text().strip() == derive_watermark_key(signer).hex()
+    assert oct(exported.stat().st_mode & 0o777) == "0o600"
+    again = runner.invoke(app, ["label", "key", "--vault", str(vault_path), "--export-watermark-key", str(exported)])
+    assert isinstance(again.exception, WatermarkError)  # never overwrites a key file
+
+    import torch
+
+    torch.manual_seed(3)
+    with one_thread():
+        out = generate_labelled(tiny_causal.model, tiny_causal.tokenizer, "hello", provenance_for(tiny_causal), signer,
+                                watermark_key=derive_watermark_key(signer), max_new_tokens=80, min_new_tokens=80)
+    path, _ = out.save(tmp_path / "a.txt")
+    res = runner.invoke(app, ["label", "detect", str(path), "--vault", str(vault_path), "--tokenizer", "tiny-causal", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["verdict"] == "watermarked"
