@@ -74,6 +74,10 @@ class JobNotFound(AssistantError):
     """No job of that id exists in this process."""
 
 
+class JobCancelled(AssistantError):
+    """The job was cancelled before it released anything (no budget spent, no adapter stored)."""
+
+
 class InvalidMessages(AssistantError, ValueError):
     """A chat was not a non-empty list of {role, content} messages with a user turn."""
 
@@ -174,6 +178,11 @@ class Job:
         self.error: BaseException | None = None
         self._admitted = threading.Event()  # set once the budget check passed (training started) or the job ended
         self._done = threading.Event()
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next step; it then fails with ``JobCancelled`` having released nothing."""
+        self._cancel.set()
 
     def _progress(self, step: int, total: int, loss: float) -> None:
         self.state, self.step, self.total = "running", step, total
@@ -243,6 +252,7 @@ class Assistant:
         self._vault_lock = threading.RLock()  # order: _model_lock before _vault_lock, never the reverse
         self._model_lock = threading.RLock()
         self._bases: dict[str, "BaseModel"] = {}
+        self._train_base: "BaseModel | None" = None  # used by one job at a time
         self._jobs: dict[str, Job] = {}
         self._active: Job | None = None
         self._version = itertools.count()
@@ -282,7 +292,7 @@ class Assistant:
             raise
 
     def close(self) -> None:
-        """Stop the chat worker, wait for a running job, close the vault."""
+        """Stop the chat worker, cancel a running job (nothing is released), close the vault."""
         if self._closed:
             return
         self._closed = True
@@ -290,6 +300,7 @@ class Assistant:
             self._queue.put(None)
             self._worker.join()
         if self._active is not None:
+            self._active.cancel()
             self._active._done.wait()
         with self._vault_lock:
             self.vault.close()
@@ -393,6 +404,8 @@ class Assistant:
         from personal.personalize import personalize
 
         def progress(step: int, total: int, loss: float) -> None:
+            if job._cancel.is_set():  # raised inside training: before the ledger commit, so nothing is released
+                raise JobCancelled(f"job {job.id} cancelled at step {step} of {total}; nothing was released")
             job._progress(step, total, loss)
             if on_progress is not None:
                 on_progress(job)
@@ -400,7 +413,9 @@ class Assistant:
         try:
             job.state = "running"
             with Vault.open(self.path, self._passphrase) as vault:
-                base = load_base(self.config.model)  # its own copy: serving keeps its LoRA state meanwhile
+                if self._train_base is None:  # its own copy: serving keeps its LoRA state meanwhile
+                    self._train_base = load_base(self.config.model)
+                base = self._train_base
                 out = personalize(vault, self.profile, base, cfg, dp, history=self.config.history, progress=progress)
             result = {"model": base.name, "privacy": out.privacy_label, "epsilon": out.result.epsilon,
                       "delta": out.result.delta, "steps": out.result.steps, "non_private": out.result.non_private,
@@ -676,5 +691,5 @@ def _n_tokens(tokenizer: Any, prompt: Any) -> int:
     return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
 
-__all__ = ["Assistant", "AssistantConfig", "AssistantError", "Budget", "InvalidMessages", "Job", "JobNotFound",
+__all__ = ["Assistant", "AssistantConfig", "AssistantError", "Budget", "InvalidMessages", "Job", "JobCancelled", "JobNotFound",
            "JobRunning", "Reply"]
