@@ -88,7 +88,7 @@ def epsilon_lower_bound(m: int, r: int, v: int, delta: float = 0.0, confidence: 
         lo, hi = hi, hi * 2
         if hi > 512:
             return lo
-    for _ in range(40):
+    while hi - lo > 1e-6:
         mid = (lo + hi) / 2
         if p_value(m, r, v, mid, delta) < level:
             lo = mid

@@ -134,6 +134,7 @@ def _epsilon_plot(report: dict) -> str:
             ax.axhline(caps[0], color=line.get_color(), linestyle="--", linewidth=1)
     if not series:
         ax.text(0.5, 0.5, "no releases recorded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("epsilon after release")
     ax.set_title("Privacy spent over time (dashed: cap; points above all caps: non-private)")
     if series:
@@ -163,10 +164,10 @@ def render_ledger_html(report: dict) -> str:
         left=2, table_id="budgets",
     )
     releases = _table(
-        ["seq", "time", "profile", "unit", "mechanism", "noise z", "sample rate q", "steps", "accountant", "δ",
+        ["seq", "time (UTC)", "profile", "unit", "mechanism", "noise z", "sample rate q", "steps", "accountant", "δ",
          "ε after", "artefact SHA-256"],
         [
-            [r["seq"], r["time"], r["profile"], r["unit"], r["mechanism"], _num(r["params"].get("noise_multiplier")),
+            [r["seq"], r["time"][:19].replace("T", " "), r["profile"], r["unit"], r["mechanism"], _num(r["params"].get("noise_multiplier")),
              _num(r["params"].get("sample_rate")), r["params"].get("steps", "—"), r["accountant"], _num(r["delta"], 2),
              _num(_from_json(r["epsilon"])), r["artefact_sha256"][:16] + "…"]
             for r in report["releases"]

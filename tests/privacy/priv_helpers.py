@@ -42,8 +42,11 @@ def fill(gate: ReleaseGate, n: int = 5) -> list:
     return recs
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, env_pass: str | None = None) -> subprocess.CompletedProcess:
     """The real `homebody` CLI in a subprocess (exit code and stderr as a user sees them)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("HOMEBODY_PASSPHRASE", "HOMEBODY_VAULT")}
+    env["HF_HUB_OFFLINE"] = "1"
+    if env_pass is not None:
+        env["HOMEBODY_PASSPHRASE"] = env_pass
     return subprocess.run([sys.executable, "-m", "simulations.cli", *args], capture_output=True, text=True,
                           cwd=REPO, env=env, stdin=subprocess.DEVNULL, timeout=120)
