@@ -30,6 +30,8 @@ class FederationConfig:
     noise_multiplier: sigma; the released noise has standard deviation sigma*C per coordinate.
     amplify: account each round as subsampled at the cohort rate q (valid against observers
       of the global adapters); False accounts q = 1 (valid against the server that picks cohorts).
+    straggler_grace: once min_train_devices replied, the others get this fraction of the time
+      taken so far (at least 5 s) before the round closes; 0 waits for all (or the timeout).
     secagg_min_devices: mode b only: the fewest devices whose sum the server may see;
       each device adds noise sigma*C/sqrt(secagg_min_devices) so the sum carries sigma*C.
     """
@@ -47,6 +49,7 @@ class FederationConfig:
     min_evaluate_devices: int = 2
     min_available_devices: int = 2
     round_timeout_s: float = 600.0
+    straggler_grace: float = 0.0
     server_lr: float = 1.0
     base: str = "tiny"
     local_epochs: int = 1
@@ -81,6 +84,8 @@ class FederationConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise FederationConfigError(f"{name} must be in [0, 1], got {value}")
+        if self.straggler_grace < 0:
+            raise FederationConfigError(f"straggler_grace must be >= 0, got {self.straggler_grace}")
         if self.secagg_num_shares % 2 == 0:
             # Flower's SecAgg+ only warns on an even count, then every client crashes in _share_keys.
             raise FederationConfigError(f"secagg_num_shares must be odd, got {self.secagg_num_shares}")

@@ -81,6 +81,9 @@ def _register_all() -> None:
     from simulations import empirical_audit
 
     empirical_audit.register(app)
+    from federation import cli as federation_cli
+
+    federation_cli.register(app)
     from simulations import cli_simulate
 
     cli_simulate.register(app)

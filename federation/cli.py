@@ -1,0 +1,146 @@
+"""`homebody federate server | device | run`: Flower's Deployment Engine, from the command line.
+
+- `server` runs a SuperLink (the coordinator) and writes the connection `run` uses.
+- `device --vault V --profile P` runs a SuperNode for one device; its ClientApp reads the vault
+  (passphrase from $HOMEBODY_PASSPHRASE or a prompt) and sends only clipped, noised updates.
+- `run` submits the homebody app (`federation.flower_app`) to the SuperLink for R rounds.
+
+TLS is the default; `--insecure` (plain HTTP) is for tests on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from privacy.errors import HomebodyError
+
+federate_app = typer.Typer(help="Federated learning across devices through Flower (server, device, run).", no_args_is_help=True)
+HOME_HELP = "Folder for Flower's state (FLWR_HOME, caches) and process logs."
+
+
+class FederateCliError(HomebodyError):
+    """Bad options for a federation command."""
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `federate` group to the root CLI."""
+    app.add_typer(federate_app, name="federate")
+
+
+def _tls(insecure: bool, ca: Optional[Path], cert: Optional[Path] = None, key: Optional[Path] = None):
+    from federation.deploy import Tls
+
+    if insecure:
+        typer.echo("warning: --insecure sends everything in clear; use it only for tests on 127.0.0.1", err=True)
+        return None
+    if ca is None:
+        raise FederateCliError("give --ca-cert (and for the server --cert/--key), or --insecure for a local test")
+    for path in (ca, cert, key):
+        if path is not None and not path.is_file():
+            raise FederateCliError(f"TLS file not found: {path}")
+    return Tls(ca_cert=ca, cert=cert, key=key)
+
+
+def _foreground(name: str, cmd: list[str], env: dict[str, str], home: Path) -> None:
+    """Run one Flower process until it exits or Ctrl-C; stop it (and its children) either way."""
+    from federation.deploy import Processes
+
+    processes = Processes(home / "logs")
+    try:
+        proc = processes.start(name, cmd, env, stdout_pipe=True)
+        for line in proc.stdout:  # type: ignore[union-attr]
+            typer.echo(line.rstrip())
+        code = proc.wait()
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        processes.stop_all()
+    if code not in (0, 130):
+        raise FederateCliError(f"{name} exited with code {code} (log above)")
+
+
+@federate_app.command("server")
+def server(
+    port: int = typer.Option(9092, help="The SuperLink's HTTP port (Fleet, Control and Runtime APIs)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    home: Path = typer.Option(Path(".homebody-federation"), help=HOME_HELP),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP: tests on 127.0.0.1 only."),
+    ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (PEM)."),
+    cert: Optional[Path] = typer.Option(None, help="Server certificate (PEM)."),
+    key: Optional[Path] = typer.Option(None, help="Server private key (PEM)."),
+) -> None:
+    """Run the SuperLink (Ctrl-C stops it) and record its address for `homebody federate run`."""
+    from federation import deploy
+
+    tls = _tls(insecure, ca_cert, cert, key)
+    env = deploy.flower_env(home)
+    deploy.write_connection(Path(env["FLWR_HOME"]), f"{host}:{port}", tls, insecure)
+    typer.echo(f"SuperLink on {host}:{port}; devices: homebody federate device --superlink {host}:{port} ...", err=True)
+    _foreground("superlink", deploy.superlink_command(port, host, tls, insecure), env, home)
+
+
+@federate_app.command("device")
+def device(
+    vault: Path = typer.Option(..., help="The device's vault file."),
+    profile: str = typer.Option(..., help="Profile in the vault whose events this device learns from."),
+    superlink: str = typer.Option("127.0.0.1:9092", help="SuperLink address host:port."),
+    device_id: Optional[str] = typer.Option(None, help="Name shown in the server's log (default: the profile)."),
+    home: Path = typer.Option(Path(".homebody-federation"), help=HOME_HELP),
+    runtime_port: int = typer.Option(0, help="Local port of the SuperNode's runtime API (0: pick a free one)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP: tests on 127.0.0.1 only."),
+    ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the SuperLink's certificate."),
+) -> None:
+    """Run a SuperNode for one device (Ctrl-C stops it). Only clipped, noised adapter updates leave."""
+    from federation import deploy
+    from personal.vault import Vault
+
+    tls = _tls(insecure, ca_cert)
+    if not vault.is_file():
+        raise FederateCliError(f"vault not found: {vault}")
+    passphrase = os.environ.get("HOMEBODY_PASSPHRASE") or typer.prompt("vault passphrase", hide_input=True)
+    with Vault.open(vault, passphrase) as opened:  # fail here, clearly, rather than inside Flower
+        if profile not in opened.profiles():
+            raise FederateCliError(f"profile {profile!r} not in {vault} (profiles: {', '.join(opened.profiles()) or 'none'})")
+    env = deploy.flower_env(home, {"HOMEBODY_PASSPHRASE": passphrase})
+    node = {"vault": str(vault.resolve()), "profile": profile, "device-id": device_id or profile}
+    cmd = deploy.supernode_command(superlink, runtime_port or deploy.free_port(), node, tls, insecure)
+    _foreground(f"supernode-{node['device-id']}", cmd, env, home)
+
+
+@federate_app.command("run")
+def run(
+    superlink: str = typer.Option("127.0.0.1:9092", help="SuperLink address host:port."),
+    rounds: int = typer.Option(3, help="Federated rounds."),
+    labels: Optional[str] = typer.Option(None, help="Public event vocabulary, comma-separated (default: the app's)."),
+    noise_multiplier: float = typer.Option(1.0, help="sigma: noise std is sigma * clip norm."),
+    clip_norm: float = typer.Option(1.0, help="C: L2 bound of one device's update."),
+    encoding: str = typer.Option("int8", help="fp32 | fp16 | int8 (stochastic rounding)."),
+    mode: str = typer.Option("device", help="device (noise on each device) | central (trusted server adds noise)."),
+    min_devices: int = typer.Option(2, help="Devices needed to start a round and to close it early."),
+    home: Path = typer.Option(Path(".homebody-federation"), help=HOME_HELP),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP: tests on 127.0.0.1 only."),
+    ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (PEM)."),
+) -> None:
+    """Submit the homebody Flower app to the SuperLink and stream its log until it finishes."""
+    from federation import deploy
+    from federation.config import FederationConfig
+
+    tls = _tls(insecure, ca_cert)
+    if mode == "secagg":
+        raise FederateCliError("secagg mode runs on Flower's legacy API: see docs/federation.md (federation.secagg)")
+    cfg = FederationConfig(rounds=rounds, noise_multiplier=noise_multiplier, clip_norm=clip_norm, encoding=encoding, mode=mode,
+                           min_available_devices=min_devices, min_train_devices=min_devices, min_evaluate_devices=min_devices)
+    env = deploy.flower_env(home)
+    deploy.write_connection(Path(env["FLWR_HOME"]), superlink, tls, insecure)
+    overrides = {k: v for k, v in cfg.to_record().items() if k in _RUN_KEYS}
+    if labels:
+        overrides["labels"] = labels
+    _foreground("flwr-run", deploy.run_command(run_config=overrides), env, home)
+
+
+_RUN_KEYS = ("rounds", "noise-multiplier", "clip-norm", "encoding", "mode", "min-available-devices", "min-train-devices",
+             "min-evaluate-devices")

@@ -1,0 +1,231 @@
+"""Deployment on Flower's Deployment Engine: SuperLink, SuperNodes and `flwr run`, as processes.
+
+Used by `homebody federate server | device | run` and by the deployment test. Every process is
+started in its own session (process group) so that stopping it also stops the ClientApp /
+ServerApp subprocesses Flower spawns; `Processes` stops everything it started, also on error.
+
+Security: `insecure=True` (plain HTTP on 127.0.0.1) is for tests only. Otherwise pass the
+SuperLink a certificate and key and the SuperNodes (and `flwr run`) the CA certificate.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+from privacy.errors import HomebodyError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONNECTION = "homebody"
+MARKER = "HOMEBODY_DEPLOYMENT_ID"
+
+
+class DeploymentError(HomebodyError):
+    """A Flower process could not be started or did not come up."""
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS material: the SuperLink needs cert+key, SuperNodes and `flwr run` need the CA cert."""
+
+    ca_cert: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_bin(name: str) -> str:
+    """Path of a Flower console script next to this interpreter (else on $PATH)."""
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise DeploymentError(f"{name} not found: install flwr in this environment")
+    return found
+
+
+def flower_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for Flower processes: FLWR_HOME/UV folders under `home`, telemetry off, this
+    interpreter's bin folder first on PATH (the SuperLink spawns `flower-superexec` by name), and
+    a marker variable by which `Processes` finds every process of this deployment."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env[MARKER] = uuid.uuid4().hex
+    for var, sub in (("FLWR_HOME", "flwr"), ("UV_CACHE_DIR", "uv")):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / sub)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.update(extra or {})
+    return env
+
+
+def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None, insecure: bool = False) -> list[str]:
+    """`flower-superlink` on one HTTP port, never installing dependencies at run time."""
+    cmd = [flower_bin("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    return cmd + _tls_server_args(tls, insecure)
+
+
+def supernode_command(superlink: str, runtime_port: int, node_config: Mapping[str, str], tls: Tls | None = None,
+                      insecure: bool = False) -> list[str]:
+    """`flower-supernode` connected to `superlink` (host:port) with this device's node config."""
+    config = " ".join(f'{k}="{v}"' for k, v in node_config.items())
+    cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port), "--node-config", config]
+    if insecure:
+        return cmd + ["--insecure"]
+    if tls is None:
+        raise DeploymentError("a SuperNode needs the CA certificate (--root-certificates) or --insecure (tests only)")
+    return cmd + ["--root-certificates", str(tls.ca_cert)]
+
+
+def _tls_server_args(tls: Tls | None, insecure: bool) -> list[str]:
+    if insecure:
+        return ["--insecure"]
+    if tls is None or tls.cert is None or tls.key is None:
+        raise DeploymentError("the SuperLink needs --ssl-certfile and --ssl-keyfile, or --insecure (tests only)")
+    return ["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key), "--ssl-ca-certfile", str(tls.ca_cert)]
+
+
+def write_connection(flwr_home: Path, address: str, tls: Tls | None = None, insecure: bool = False,
+                     name: str = CONNECTION) -> None:
+    """Write $FLWR_HOME/config.toml naming the SuperLink `flwr run . <name>` submits to."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    lines.append("insecure = true" if insecure else f'root-certificates = "{tls.ca_cert if tls else ""}"')
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def run_command(app_dir: Path = REPO_ROOT, run_config: Mapping[str, object] | None = None, name: str = CONNECTION) -> list[str]:
+    """`flwr run <app> <connection> --stream` with run-config overrides."""
+    cmd = [flower_bin("flwr"), "run", str(app_dir), name, "--stream"]
+    if run_config:
+        cmd += ["--run-config", " ".join(f"{k}={_toml(v)}" for k, v in run_config.items())]
+    return cmd
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+@dataclass
+class Processes:
+    """Flower processes started by us, each in its own session; `stop_all` ends every one of them."""
+
+    log_dir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    _logs: list[IO] = field(default_factory=list)
+    _markers: set[str] = field(default_factory=set)
+
+    def start(self, name: str, cmd: Sequence[str], env: Mapping[str, str], stdout_pipe: bool = False) -> subprocess.Popen:
+        """Start `cmd`; its output goes to <log_dir>/<name>.log (or a pipe when stdout_pipe)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if MARKER in env:
+            self._markers.add(env[MARKER])
+        if stdout_pipe:
+            out = subprocess.PIPE
+        else:
+            out = open(self.log_dir / f"{name}.log", "wb")
+            self._logs.append(out)
+        proc = subprocess.Popen(list(cmd), env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(self.log_dir), text=stdout_pipe or None)
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one process group (the default SIGKILL simulates a device that vanishes)."""
+        proc = self.procs[name]
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop_all(self, grace_s: float = 5.0) -> None:
+        """SIGTERM every group, wait up to `grace_s`, then SIGKILL what is left."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + grace_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the group may hold children even if the leader exited
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        # Flower detaches some children into their own sessions (flower-superexec, app processes):
+        # find them by the marker in their environment and end them too.
+        for pid in self.leftovers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for handle in self._logs:
+            handle.close()
+
+    def leftovers(self) -> list[int]:
+        """Live processes carrying one of our deployment markers (Linux /proc; [] elsewhere)."""
+        found = []
+        proc_root = Path("/proc")
+        if not self._markers or not proc_root.is_dir():
+            return found
+        wanted = {f"{MARKER}={m}".encode() for m in self._markers}
+        for entry in proc_root.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z" and wanted.intersection(environ):
+                found.append(int(entry.name))
+        return found
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until something accepts connections on host:port (or the process dies)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise DeploymentError(f"process exited with code {proc.returncode} before listening on {host}:{port}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.3)
+    raise DeploymentError(f"nothing listens on {host}:{port} after {timeout_s:g} s")
