@@ -251,6 +251,7 @@ class Assistant:
         self._passphrase = passphrase  # a job opens its own connection to the vault
         self._vault_lock = threading.RLock()  # order: _model_lock before _vault_lock, never the reverse
         self._model_lock = threading.RLock()
+        self._submit_lock = threading.Lock()
         self._bases: dict[str, "BaseModel"] = {}
         self._train_base: "BaseModel | None" = None  # used by one job at a time
         self._jobs: dict[str, Job] = {}
@@ -470,7 +471,7 @@ class Assistant:
             raise AssistantError(f"max_new_tokens must be an integer in 1..4096, got {n!r}")
         n = min(n, self.config.token_cap)
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        with self._vault_lock:
+        with self._submit_lock:  # never the vault lock: an event loop calls this and must not wait on the vault
             if self._closed:
                 raise AssistantError("this assistant is closed")
             if self._worker is None:

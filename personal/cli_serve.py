@@ -23,6 +23,7 @@ def serve(
     chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Causal base that answers chats (default: --model if causal, else its partner)."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=1024, help="Default answer length in tokens."),
     token_cap: int = typer.Option(512, "--max-tokens-cap", min=1, max=4096, help="No answer is longer, whatever a request asks."),
+    chat_batch: int = typer.Option(8, "--chat-batch", min=1, max=256, help="Concurrent chats answered in one generate call."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),
 ) -> None:
     """Serve the owner's assistant: OpenAI-compatible chat, events, suggestions, personalization, budget, erasure."""
@@ -39,7 +40,8 @@ def serve(
     if not _loopback(host):
         err_console.print(f"[yellow]warning: binding {host} exposes the API beyond this device (the token is still required)[/]")
     with Assistant.open(path, get_passphrase(key_file), profile, model, chat_model=chat_model,
-                        max_new_tokens=min(max_new_tokens, token_cap), token_cap=token_cap) as assistant:
+                        max_new_tokens=min(max_new_tokens, token_cap), token_cap=token_cap,
+                        chat_batch=chat_batch) as assistant:
 
         def ready(url: str) -> None:
             console.print(f"homebody API for {assistant.profile!r} at {url} (token: {token_path(path)}); Ctrl-C stops",
