@@ -235,12 +235,19 @@ class Int4Linear(QuantLinearBase):
     def dequantized(self) -> torch.Tensor:
         return dequantize_int4(self.qweight, self.scales_zeros.float(), self.group_size)
 
+    # The int4 kernel is fast for a few rows (decoding) but slow for many (prefill, training):
+    # above this many rows the weight is dequantized to bf16 for one dense matmul instead.
+    DENSE_ROWS = 16
+
     def kernel(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is None:
             self.repack()
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16).contiguous()
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self._packed, self.group_size, self._sz_bf16)
+        if x2.shape[0] > self.DENSE_ROWS:
+            y = nn.functional.linear(x2, self.dequantized().to(torch.bfloat16))
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self._packed, self.group_size, self._sz_bf16)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
