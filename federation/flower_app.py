@@ -3,8 +3,9 @@
 Messages
 - server -> device (train, evaluate): {"arrays": ArrayRecord(global shared adapter),
   "config": ConfigRecord(FederationConfig + "server-round", "sample-rate", "labels", "base-sha256")}
-- device -> server (train): {"update": ArrayRecord(encoded update), "header": ConfigRecord(UpdateHeader
-  + "scale/<tensor>" for int8), "metrics": MetricRecord("bytes-up", "epsilon")}, or, when the
+- device -> server (train): {"update": ArrayRecord({"flat": all tensors in one array}), "header":
+  ConfigRecord(UpdateHeader + names/ndims/dims (+ int8 scales)), "metrics": MetricRecord("bytes-up",
+  "epsilon")}, or, when the
   device declines, {"header": ConfigRecord(device_id, declined=<reason>)} and no arrays.
 - device -> server (evaluate): {"metrics": MetricRecord(top1, top5, global-top1, global-top5, num-test)}
   and {"header": ConfigRecord(device_id)}.
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("homebody.federation.flower")
 PASSPHRASE_ENV = "HOMEBODY_PASSPHRASE"
-SCALE_PREFIX = "scale/"
+FLAT = "flat"
 
 
 # ----------------------------------------------------------------------------- records <-> wire
@@ -59,23 +60,57 @@ def record_to_arrays(record: "ArrayRecord") -> Arrays:
 
 
 def wire_to_content(wire: WireUpdate, metrics: dict[str, float]) -> "RecordDict":
-    """The reply content of a train message."""
+    """The reply content of a train message.
+
+    All tensors travel as ONE flat array (names, ranks and dims in the header): Flower adds a
+    few hundred bytes of framing per array, which would otherwise eat int8's saving.
+    """
     from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-    header = dict(wire.header) | {SCALE_PREFIX + k: float(v) for k, v in wire.scales.items()}
-    return RecordDict({"update": arrays_to_record(wire.arrays), "header": ConfigRecord(header), "metrics": MetricRecord(metrics)})
+    names = sorted(wire.arrays)
+    flat = np.concatenate([np.ravel(wire.arrays[n]) for n in names]) if names else np.zeros(0, np.float32)
+    header: dict[str, Any] = dict(wire.header) | {
+        "names": names,
+        "ndims": [int(np.ndim(wire.arrays[n])) for n in names],
+        "dims": [int(d) for n in names for d in np.shape(wire.arrays[n])] or [0],
+    }
+    if wire.scales:
+        header["scales"] = [float(wire.scales[n]) for n in names]
+    return RecordDict({"update": arrays_to_record({FLAT: flat}), "header": ConfigRecord(header), "metrics": MetricRecord(metrics)})
+
+
+def unpack(header: dict[str, Any], flat: np.ndarray) -> WireUpdate:
+    """Inverse of `wire_to_content`'s packing; a size mismatch is a 'wrong-shape' rejection."""
+    try:
+        names, ndims, dims = list(header["names"]), [int(x) for x in header["ndims"]], [int(x) for x in header["dims"]]
+        scales = [float(x) for x in header.get("scales", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpdateRejected("bad-header", f"header lacks names/ndims/dims ({exc!r})") from exc
+    if len(ndims) != len(names) or (scales and len(scales) != len(names)) or sum(ndims) > len(dims):
+        raise UpdateRejected("bad-header", "names, ranks, dims and scales do not line up")
+    arrays, offset, at = {}, 0, 0
+    for name, ndim in zip(names, ndims):
+        shape = tuple(dims[at:at + ndim])
+        at += ndim
+        size = math.prod(shape)
+        if offset + size > flat.size:
+            raise UpdateRejected("wrong-shape", f"payload has {flat.size} values, header describes more ({name})")
+        arrays[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
+    if offset != flat.size:
+        raise UpdateRejected("wrong-shape", f"payload has {flat.size} values, header describes {offset}")
+    plain = {k: v for k, v in header.items() if k not in ("names", "ndims", "dims", "scales")}
+    return WireUpdate(plain, arrays, dict(zip(names, scales)))
 
 
 def content_to_update(content: "RecordDict") -> Update:
-    """Decode a train reply (raises UpdateRejected('bad-header') if it is malformed)."""
+    """Decode a train reply (malformed -> UpdateRejected 'bad-header' / 'wrong-shape')."""
     try:
         header = dict(content["header"])
-        arrays = record_to_arrays(content["update"])
+        flat = content["update"][FLAT].numpy()
     except (KeyError, TypeError) as exc:
         raise UpdateRejected("bad-header", f"reply lacks update/header records ({exc!r})") from exc
-    scales = {k[len(SCALE_PREFIX):]: float(v) for k, v in header.items() if k.startswith(SCALE_PREFIX)}
-    plain = {k: v for k, v in header.items() if not k.startswith(SCALE_PREFIX)}
-    return decode(WireUpdate(plain, arrays, scales))
+    return decode(unpack(header, np.asarray(flat)))
 
 
 def content_nbytes(content: "RecordDict") -> int:

@@ -34,33 +34,30 @@ class EvilMod:
         from flwr.app import Array
 
         reply = call_next(msg, context)
-        header = reply.content["header"]
-        if not str(header["device_id"]).startswith("evil") or "update" not in reply.content:
+        if "update" not in reply.content or not str(reply.content["header"]["device_id"]).startswith("evil"):
             return reply
-        kind = EVIL[int(header["round"])]
-        record = reply.content["update"]
-        name = sorted(record.keys())[0]
-        value = record[name].numpy()
+        kind = EVIL[int(reply.content["header"]["round"])]
+        flat = reply.content["update"]["flat"].numpy().copy()
         if kind == "nan":
-            value = value.copy()
-            value.flat[0] = np.nan
+            flat[0] = np.nan
         elif kind == "shape":
-            value = np.zeros((value.shape[0] + 1, *value.shape[1:]), value.dtype)
+            flat = np.append(flat, flat[:1])
         else:
-            for key in list(record.keys()):
-                record[key] = Array(record[key].numpy() * 50)
-            return reply
-        record[name] = Array(np.ascontiguousarray(value))
+            flat = flat * 50
+        reply.content["update"]["flat"] = Array(np.ascontiguousarray(flat))
         return reply
 
 
 def _load_replies(folder: Path):
+    """(header, arrays) of every recorded train reply, unpacked exactly as the server does."""
+    from federation.flower_app import unpack
+
     out = []
     for meta in sorted(folder.glob("train-*.json")):
-        records = json.loads(meta.read_text())
+        header = json.loads(meta.read_text())["header"]
         with np.load(meta.with_suffix(".npz")) as data:
-            arrays = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("update/")}
-        out.append((records["header"], arrays, set(data.files) if False else set(arrays)))
+            flat = data["update/flat"]
+        out.append((header, unpack(header, flat).arrays))
     return out
 
 
@@ -82,7 +79,7 @@ def test_flower_run_sends_only_clipped_noised_adapter_updates(flower_env, caplog
     replies = _load_replies(rec)
     assert len(replies) == 12  # 4 devices x 3 rounds, every one intercepted
     noise, honest = [], {}
-    for header, arrays, _ in replies:
+    for header, arrays in replies:
         device, rnd = header["device_id"], int(header["round"])
         if device.startswith("evil"):
             continue
