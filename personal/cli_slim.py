@@ -38,6 +38,10 @@ def slim(
     heldout: int = typer.Option(32, "--heldout", help="Held-out texts to measure perplexity per step (causal bases, when text is given; 0 = skip)."),
 ) -> None:
     """Slim a base for the device: structured pruning, distillation, int8/4-bit weights; writes a manifest."""
+    if quantize not in ("int8", "int4", "none"):
+        raise HomebodyError(f"--quantize must be int8, int4 or none, got {quantize!r}")
+    if distil_from and not data:
+        raise HomebodyError("--distil-from needs --data (the text the student learns on)")
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from personal.models import load_base
@@ -46,10 +50,6 @@ def slim(
     from personal.slim.prune import PruneConfig
     from personal.slim.texts import HELDOUT, TRAIN, load_texts
 
-    if quantize not in ("int8", "int4", "none"):
-        raise HomebodyError(f"--quantize must be int8, int4 or none, got {quantize!r}")
-    if distil_from and not data:
-        raise HomebodyError("--distil-from needs --data (the text the student learns on)")
     root = getattr(ctx.obj, "data_dir", None)
     source = calibration or data
     texts = load_texts(data, TRAIN, root=root) if data else None
