@@ -7,8 +7,9 @@ and their personalised adapters with `federation.device.evaluate_device`. What m
 
 - the base is loaded and LoRA-wrapped once; devices only swap adapter arrays;
 - LoRA sits on the top layer only, so the frozen lower layers' outputs for each device's
-  examples are computed once (batched across devices before round 1) and reused in every
-  round, from a memory-bounded cache that spills to disk (`simulations.devices.FeatureCache`);
+  examples are computed once (batched across the devices of a round's cohort, the first time
+  a device is sampled) and reused in every later round, from a memory-bounded cache that
+  spills to disk (`simulations.devices.FeatureCache`);
 - no actors, messages or serialisation between server and devices.
 
 `--mode local` (local-only personalization) trains each device's own adapter with DP-SGD at
@@ -104,21 +105,28 @@ class FastEngine:
         self.cache = FeatureCache(cache_dir)
         attach_feature_cache(self.pm, self.cache)
         self.state = {d.user: DeviceState() for d in self.devices}
+        self.index = {d.user: i for i, d in enumerate(self.devices)}
         self.global_adapter = initial_adapter(self.base, self.labels, self.fcfg) if cfg.mode == "federated" else None
         self.rng = random.Random(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
         self.participations: dict[str, int] = {}
         self.train_seconds = 0.0
+        self.encode_seconds = 0.0
         self.train_examples_seen = 0
 
     # -- setup ----------------------------------------------------------------------------
-    def precompute(self, progress: Callable[[int], None] | None = None) -> None:
-        """Encode every device's train and test texts through the frozen layers, batched across devices."""
+    def encode(self, devices: Sequence[SimDevice]) -> None:
+        """Encode these devices' train and test texts through the frozen layers, batched across devices.
+
+        Lists already in the cache are skipped, so each device's features are computed once per run.
+        """
+        ts = time.perf_counter()
         lists = []
-        for d in self.devices:
+        for d in devices:
             lists.append([e.text for e in d.train if e.label is not None])
             lists.append([e.text for e in d.test if e.label is not None])
-        encode_all(self.pm, lists, MAX_LENGTH, progress=progress)
+        encode_all(self.pm, lists, MAX_LENGTH)
+        self.encode_seconds += time.perf_counter() - ts
 
     def cohort(self) -> list[SimDevice]:
         """The devices sampled this round (all when --devices-per-round is not set)."""
@@ -144,13 +152,14 @@ class FastEngine:
         from federation.update import spec_of
 
         cohort = self.cohort()
+        self.encode(cohort)
         q = len(cohort) / len(self.devices)
         updates, nbytes = [], []
         for d in cohort:
             st = self.state[d.user]
             with d.open_gate() as (_vault, gate):
                 ctx = DeviceRound(d.user, r, q, None if self.cfg.non_private else gate, d.user,
-                                  np.random.default_rng([self.cfg.seed, r, self._index(d)]), seed=self.cfg.seed + r)
+                                  np.random.default_rng([self.cfg.seed, r, self.index[d.user]]), seed=self.cfg.seed + r)
                 ts = time.perf_counter()
                 try:
                     res = train_round(self.base, self.global_adapter, d.train, self.fcfg, ctx)
@@ -198,6 +207,7 @@ class FastEngine:
         from federation.device import topk_accuracy
 
         evals = []
+        self.encode(self.devices)
         for d in self.devices:
             st = self.state[d.user]
             labels = sorted({e.label for e in d.train if e.label is not None})
@@ -250,9 +260,6 @@ class FastEngine:
         return res.adapter
 
     # -- shared ---------------------------------------------------------------------------
-    def _index(self, d: SimDevice) -> int:
-        return next(i for i, x in enumerate(self.devices) if x is d)
-
     def _round_result(self, r: int, evals: list[dict], nbytes: list[int], extra: dict) -> RoundResult:
         eps = [s.epsilon for s in self.state.values() if s.rounds > 0]
         e_max, e_med = epsilon_stats(eps)

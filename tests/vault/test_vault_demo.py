@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_demo_walkthrough_runs_and_reports_no_leaks(run_cli):
-    code, out, err = run_cli("demo", passphrase=None)
+    code, out, err = run_cli("demo", "--skip-simulation", passphrase=None)
     assert code == 0, err
     assert "imported 56 synthetic events" in out
     assert "none found" in out  # no marker, name or timestamp in the raw file bytes

@@ -1,0 +1,146 @@
+"""End to end on the real stack (tiny random base): the demo's code path, a user's events file,
+Ctrl-C, and the fast engine agreeing with the Flower engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from simulations.runner import ROUND_KEYS, SimulationConfig, load_results, run_simulation
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run `homebody` in-process through its console entry: (exit code, stdout, stderr)."""
+    from simulations.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", ["homebody", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _check_schema(results: dict) -> None:
+    for key in ("config", "rounds", "baselines", "final", "devices", "privacy", "plots", "audit"):
+        assert key in results, key
+    assert results["status"] == "complete"
+    for row in results["rounds"] + [results["final"]]:
+        for key in ROUND_KEYS:
+            assert key in row, key
+    assert set(results["baselines"]) >= {"most_frequent_top1", "markov_top1"}
+    assert results["config"]["epsilon_unit"] in ("user", "record")
+
+
+def test_demo_code_path_writes_results_plots_and_report(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = _cli(monkeypatch, capsys, "demo", "--skip-vault", "--model", "tiny", "--devices", "4",
+                             "--rounds", "2", "--out", str(out))
+    assert code == 0, err
+    results = load_results(out / "results.json")
+    _check_schema(results)
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert results["population"]["devices"] == 4 and len(results["devices"]) == 4
+    assert results["privacy"]["private"] and 0 < results["final"]["epsilon_max"] <= 8.0
+    assert results["final"]["bytes_up_per_device"] > 0
+    assert results["planted"]["weekly_routines"]["events"] > 0
+    for name in results["plots"].values():
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    report = json.loads((out / "privacy_report.json").read_text())
+    assert report["devices"] == 4 and report["over_cap"] == 0
+    assert "personalized" in stdout and "results.json" in stdout and "accuracy_per_round.png" in stdout
+
+
+HAND_WRITTEN = """user,timestamp,event,place
+ana,2026-03-02T07:00:00,wake,home
+ana,2026-03-02T07:30:00,coffee,cafe
+ana,2026-03-02T18:00:00,gym,gym
+ana,2026-03-03T07:05:00,wake,home
+ana,2026-03-03T07:35:00,coffee,cafe
+ana,2026-03-03T12:30:00,lunch,office
+ana,2026-03-04T07:00:00,wake,home
+ana,2026-03-04T07:32:00,coffee,cafe
+ana,2026-03-04T18:10:00,gym,gym
+ana,2026-03-05T07:02:00,wake,home
+ana,2026-03-05T07:31:00,coffee,cafe
+ben,2026-03-02T09:00:00,wake,home
+ben,2026-03-02T13:00:00,lunch,office
+ben,2026-03-02T23:00:00,sleep,home
+ben,2026-03-03T09:10:00,wake,home
+ben,2026-03-03T13:05:00,lunch,office
+ben,2026-03-03T23:10:00,sleep,home
+ben,2026-03-04T09:05:00,wake,home
+ben,2026-03-04T13:00:00,lunch,office
+"""
+
+
+def test_events_file_population_and_malformed_line(monkeypatch, capsys, tmp_path):
+    good = tmp_path / "my-events.csv"
+    good.write_text(HAND_WRITTEN)
+    out = tmp_path / "sim"
+    code, stdout, err = _cli(monkeypatch, capsys, "simulate", "--dataset", f"events:{good}", "--model", "tiny",
+                             "--rounds", "1", "--mode", "local", "--out", str(out))
+    assert code == 0, err
+    results = load_results(out / "results.json")
+    _check_schema(results)
+    assert results["population"]["devices"] == 2 and results["population"]["events"] == 19
+    assert results["config"]["epsilon_unit"] == "record" and results["final"]["bytes_up_per_device"] == 0
+
+    bad = tmp_path / "bad.csv"
+    lines = HAND_WRITTEN.splitlines()
+    lines[4] = "ana,yesterday-ish,coffee,cafe"  # line 5 of the file
+    bad.write_text("\n".join(lines) + "\n")
+    code, stdout, err = _cli(monkeypatch, capsys, "simulate", "--dataset", f"events:{bad}", "--model", "tiny",
+                             "--out", str(tmp_path / "bad-out"))
+    assert code == 1
+    assert "line 5" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad-out" / "results.json").exists()
+
+
+def test_ctrl_c_leaves_a_consistent_partial_result(monkeypatch, tmp_path):
+    from simulations.engine_fast import FastEngine
+
+    real_round = FastEngine.round
+
+    def interrupted(self, r):
+        if r == 2:
+            raise KeyboardInterrupt
+        return real_round(self, r)
+
+    monkeypatch.setattr(FastEngine, "round", interrupted)
+    cfg = SimulationConfig(dataset="synthetic", synthetic_devices=3, devices=3, rounds=3, model="tiny",
+                           max_events=60, out=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(cfg)
+    results = load_results(tmp_path / "results.json")
+    assert results["status"] == "interrupted"
+    assert [r["round"] for r in results["rounds"]] == [1] and results["final"]["round"] == 1
+    assert len(results["devices"]) == 3 and all(d["rounds"] == 1 for d in results["devices"])
+    assert (tmp_path / "accuracy_per_round.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.slow
+def test_fast_and_flower_engines_agree(tmp_path):
+    """Same devices, config and seeds through both engines. Without noise the only differences
+    left are the order of float sums and process boundaries, so the metrics must agree closely;
+    with DP on they differ by the noise draws (the noise calibration itself is shared code)."""
+    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", max_events=60,
+                  non_private=True, seed=1)
+    fast = run_simulation(SimulationConfig(**common, engine="fast", out=str(tmp_path / "fast")))
+    flower = run_simulation(SimulationConfig(**common, engine="flower", out=str(tmp_path / "flower")))
+    for res in (fast, flower):
+        _check_schema(res)
+        assert [r["sampled"] for r in res["rounds"]] == [3, 3]
+        assert res["final"]["epsilon_max"] == float("inf") and res["final"]["bytes_up_per_device"] > 0
+    for key in ("top1", "top5", "global_top1"):
+        for r_fast, r_flower in zip(fast["rounds"], flower["rounds"]):
+            assert abs(r_fast[key] - r_flower[key]) <= 0.02, (key, r_fast[key], r_flower[key])
