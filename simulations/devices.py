@@ -158,7 +158,7 @@ class FeatureCache(MutableMapping):
     def _evict(self) -> None:
         import torch
 
-        while self._mem and sum(self._sizes.values()) > self.mem_bytes:
+        while len(self._mem) > 1 and sum(self._sizes.values()) > self.mem_bytes:  # the newest always stays
             digest, value = self._mem.popitem(last=False)
             self._sizes.pop(digest)
             if digest not in self._disk:
@@ -178,14 +178,15 @@ class FeatureCache(MutableMapping):
         digest = self._digest(key)
         if digest in self._mem:
             self._mem.move_to_end(digest)
+            value = self._mem[digest]
         elif digest in self._disk:
-            self._mem[digest] = torch.load(self._path(digest))
-            self._sizes[digest] = sum(t.numel() * t.element_size() for t in self._mem[digest])
+            value = self._mem[digest] = torch.load(self._path(digest))
+            self._sizes[digest] = sum(t.numel() * t.element_size() for t in value)
             self._evict()
         else:
             raise KeyError(key)
         self.hits += 1
-        return self._mem[digest]
+        return value
 
     def __contains__(self, key) -> bool:
         digest = self._digest(key)

@@ -93,7 +93,8 @@ class FastEngine:
     """Runs rounds of the simulation in-process. `round(r)` returns that round's metrics."""
 
     def __init__(self, cfg: SimulationConfig, devices: Sequence[SimDevice], labels: Sequence[str],
-                 cache_dir: Path, tick: Callable[[int], None] | None = None) -> None:
+                 cache_dir: Path, tick: Callable[[int], None] | None = None,
+                 cache: FeatureCache | None = None) -> None:
         from federation.device import initial_adapter, lora_settings, shared_base
         from personal.training import wrap
 
@@ -102,7 +103,9 @@ class FastEngine:
         self.fcfg = federation_config(cfg, len(self.devices), len(self.labels))
         self.base = shared_base(cfg.model)
         self.pm = wrap(self.base, lora_settings(self.fcfg))
-        self.cache = FeatureCache(cache_dir)
+        # A caller running several configurations on the same devices may share one cache.
+        self.own_cache = cache is None
+        self.cache = cache if cache is not None else FeatureCache(cache_dir)
         attach_feature_cache(self.pm, self.cache)
         self.state = {d.user: DeviceState() for d in self.devices}
         self.index = {d.user: i for i, d in enumerate(self.devices)}
@@ -307,8 +310,9 @@ class FastEngine:
         return rows
 
     def close(self) -> None:
-        """Remove the spilled feature files (they are derived from personal events)."""
-        self.cache.clear_files()
+        """Remove the spilled feature files (they are derived from personal events), unless shared."""
+        if self.own_cache:
+            self.cache.clear_files()
 
 
 def _mean(values: Sequence[float]) -> float:

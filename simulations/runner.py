@@ -301,8 +301,12 @@ def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | Non
     return {"html": "privacy_report.html", "json": "privacy_report.json", "accountant": accountant}
 
 
-def run_simulation(cfg: SimulationConfig, show_progress: bool = False) -> dict:
-    """Run one simulation end to end and return the results dict (also written to cfg.out/results.json)."""
+def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_cache=None) -> dict:
+    """Run one simulation end to end and return the results dict (also written to cfg.out/results.json).
+
+    `feature_cache` (a `simulations.devices.FeatureCache`) lets a caller that runs several
+    configurations on the same devices and base compute the frozen-layer features only once.
+    """
     from simulations import devices as simdev
     from simulations.engine_fast import FastEngine, check_engine
     from simulations.plots import write_plots
@@ -336,7 +340,7 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False) -> dict:
             engine = None
         else:
             engine = FastEngine(cfg, devices, labels, out_dir / ".feature-cache",
-                                tick=lambda n: bar.advance(task, n))
+                                tick=lambda n: bar.advance(task, n), cache=feature_cache)
             results["privacy"]["noise_multiplier"] = engine.fcfg.noise_multiplier if cfg.mode == "federated" else None
             results["timing"] = {"setup_s": time.perf_counter() - t_start}
             per_round = len(engine.cohort()) if cfg.devices_per_round else len(devices)

@@ -57,6 +57,21 @@ def test_demo_code_path_writes_results_plots_and_report(monkeypatch, capsys, tmp
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     report = json.loads((out / "privacy_report.json").read_text())
     assert report["devices"] == 4 and report["over_cap"] == 0
+    # every device's ledger lives in its own sealed vault and verifies with the public key alone
+    import sqlite_utils
+
+    from privacy.ledger import Ledger
+
+    vaults = sorted((out / "vaults").glob("*.vault"))
+    assert len(vaults) == 4
+    for path in vaults:
+        db = sqlite_utils.Database(path)
+        try:
+            records = Ledger(db).records(unit="user")
+            assert len(records) == 2 and Ledger(db).verify() == []
+            assert db.execute("select value from meta where key = 'kdf_fast'").fetchone()[0] == "1"
+        finally:
+            db.close()
     assert "personalized" in stdout and "results.json" in stdout and "accuracy_per_round.png" in stdout
 
 
@@ -94,6 +109,7 @@ def test_events_file_population_and_malformed_line(monkeypatch, capsys, tmp_path
     _check_schema(results)
     assert results["population"]["devices"] == 2 and results["population"]["events"] == 19
     assert results["config"]["epsilon_unit"] == "record" and results["final"]["bytes_up_per_device"] == 0
+    assert 7.5 < results["final"]["epsilon_max"] <= 8.0  # one round spends the run's record-level target
 
     bad = tmp_path / "bad.csv"
     lines = HAND_WRITTEN.splitlines()

@@ -1,0 +1,34 @@
+"""The frozen-feature cache keeps memory bounded by spilling to disk, and gives back equal tensors."""
+
+from __future__ import annotations
+
+import torch
+
+from simulations.devices import FeatureCache
+from simulations.engine_fast import quantized_rate
+
+
+def test_cache_spills_to_disk_and_reads_back(tmp_path):
+    cache = FeatureCache(tmp_path, mem_bytes=3 * 11_000)  # room for about three entries of ~10.7 kB
+    stored = {}
+    for i in range(8):
+        key = (64, tuple(f"text {i} {j}" for j in range(4)))
+        value = (torch.arange(4 * 10).reshape(4, 10), torch.ones(4, 10), torch.randn(4, 10, 64) + i)
+        cache[key] = value
+        stored[key] = value
+    assert len(cache) == 8
+    assert sum(t.numel() * t.element_size() for v in cache._mem.values() for t in v) <= cache.mem_bytes
+    assert len(list(tmp_path.glob("*.pt"))) >= 5
+    for key, value in stored.items():
+        assert key in cache
+        for a, b in zip(cache[key], value):
+            assert torch.equal(a, b)
+    assert (64, ("unknown",)) not in cache
+    cache.clear_files()
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_sample_rate_is_a_power_of_two_fraction():
+    assert quantized_rate(16, 10) == 1.0
+    assert quantized_rate(16, 64) == 0.25
+    assert quantized_rate(16, 48) == 0.25 and quantized_rate(16, 40) == 0.5
