@@ -104,7 +104,7 @@ def distil(student: nn.Module, teacher: nn.Module, tokenizer: Any, texts: Sequen
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress:
                 progress(step + 1, cfg.steps, losses[-1])
     finally:
