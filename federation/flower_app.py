@@ -34,6 +34,7 @@ import numpy as np
 from federation.config import FederationConfig
 from federation.server import PopulationSummary, Rejection, aggregate, user_epsilon
 from federation.update import Arrays, Update, UpdateRejected, WireUpdate, decode, spec_of
+from privacy.errors import HomebodyError
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Context, Message, RecordDict
@@ -293,8 +294,8 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
                                         handle.gate, handle.profile, rng, observe, seed=(cfg.seed or 0) + rnd)
             try:
                 result = dev.train_round(base, adapter, handle.train, cfg, round_ctx)
-            except dev.DeviceDeclined as exc:
-                return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": exc.reason})}), reply_to=msg)
+            except HomebodyError as exc:  # budget spent, no usable events...: decline and say why
+                return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": str(exc)})}), reply_to=msg)
         finally:
             handle.close()
         content = wire_to_content(result.wire, {})

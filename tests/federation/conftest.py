@@ -34,6 +34,8 @@ def flower_env(tmp_path, monkeypatch):
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
+    # Ray starts its workers at niceness 15: on a busy machine the virtual devices then starve.
+    monkeypatch.setenv("RAY_worker_niceness", "0")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     yield tmp_path
     shutil.rmtree(ray_dir, ignore_errors=True)
