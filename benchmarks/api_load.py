@@ -44,6 +44,13 @@ class RunResult:
     wall: float
     used_adapter: float
     tokens: float
+    server_cpu: float  # CPU seconds the server process used for the burst (after the warm-up chat)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), a measure the machine's other load barely moves."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def habits(days: int = 21) -> list[dict]:
@@ -87,6 +94,11 @@ def prepare(url: str, token: str) -> None:
             raise SystemExit(f"personalization failed: {job['error']}")
 
 
+async def warm(url: str, token: str, max_tokens: int) -> None:
+    """One chat before the burst: loads the chat model."""
+    await fire(url, token, 1, max_tokens)
+
+
 async def fire(url: str, token: str, n: int, max_tokens: int) -> tuple[list[float], int, list[dict], float]:
     limits = httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8)
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=3600,
@@ -102,7 +114,6 @@ async def fire(url: str, token: str, n: int, max_tokens: int) -> tuple[list[floa
             except httpx.HTTPError:
                 return time.perf_counter() - t, None
 
-        await one(-1)  # warm-up: loads the chat model
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one(i) for i in range(n)))
         wall = time.perf_counter() - t0
@@ -127,13 +138,16 @@ def run(model: str, n: int, batch: int, max_tokens: int) -> RunResult:
         try:
             token = read_token(vault)
             prepare(url, token)
+            asyncio.run(warm(url, token, max_tokens))
+            cpu0 = cpu_seconds(proc.pid)
             lat, errors, good, wall = asyncio.run(fire(url, token, n, max_tokens))
+            cpu = cpu_seconds(proc.pid) - cpu0
         finally:
             proc.terminate()
             proc.wait(60)
     used = sum(b["homebody"]["used_adapter"] for b in good) / max(1, len(good))
     tokens = statistics.mean(b["usage"]["completion_tokens"] for b in good) if good else 0.0
-    return RunResult(model, n, batch, errors, pct(lat, 50), pct(lat, 95), max(lat), wall, used, tokens)
+    return RunResult(model, n, batch, errors, pct(lat, 50), pct(lat, 95), max(lat), wall, used, tokens, cpu)
 
 
 def main() -> None:
@@ -151,12 +165,12 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} "
           f"at the end; max_tokens {args.max_tokens}\n")
     print("| chat model | concurrent requests | chat batch | errors | p50 latency (s) | p95 latency (s) | max (s) "
-          "| wall (s) | requests/s | answers with adapter | mean tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| wall (s) | requests/s | server CPU s per request | answers with adapter | mean tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        name = "tiny-causal (`--model tiny`)" if r.model == "tiny" else r.model
+        name = r.model
         print(f"| {name} | {r.requests} | {r.batch} | {r.errors} | {r.p50:.2f} | {r.p95:.2f} | {r.worst:.2f} | "
-              f"{r.wall:.1f} | {r.requests / r.wall:.2f} | {r.used_adapter:.0%} | {r.tokens:.1f} |")
+              f"{r.wall:.1f} | {r.requests / r.wall:.2f} | {r.server_cpu / r.requests:.3f} | {r.used_adapter:.0%} | {r.tokens:.1f} |")
 
 
 if __name__ == "__main__":
