@@ -6,7 +6,9 @@ DP-LoRA at epsilon 1, 3, 8 (record-level, delta 1e-5). One frozen minilm-l6 is l
 LoRA sits on the top layer(s) so the lower layers' features are computed once per user and shared
 by the four trainings. Prints a markdown table (mean over users) and writes JSON with --json.
 
-    .venv/bin/python -m benchmarks.personalize_foursquare [--users 100] [--epochs 4] [--json out.json]
+    .venv/bin/python -m benchmarks.personalize_foursquare [--users 100] [--epochs 3] [--json out.json]
+    # two shards side by side, then one table:
+    ... --users 50 --json a.json & ... --users 50 --skip 50 --json b.json; ... --merge a.json b.json
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--model", default="minilm-l6")
-    ap.add_argument("--epochs", type=float, default=4.0)
+    ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--dp-epochs", type=float, default=None, help="epochs for the DP runs (default: --epochs)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--q", type=float, default=0.1, help="Poisson sample rate shared by all users (one noise calibration per epsilon)")
@@ -34,8 +36,18 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--clip", type=float, default=1.0)
     ap.add_argument("--epsilons", default="1,3,8")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is fastest when other work shares the 2 cores)")
+    ap.add_argument("--history", type=int, default=1, help="previous events in the context text (k)")
+    ap.add_argument("--max-train", type=int, default=150,
+                    help="train on each user's most recent N training events (0 = all); evaluation uses all held-out events")
+    ap.add_argument("--skip", type=int, default=0, help="skip the first N users (quick looks at mid-size users)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only print the table of shard results written by earlier --json runs")
     args = ap.parse_args()
+    if args.merge:
+        return _merge(args.merge)
 
     import torch
     from rich.progress import Progress
@@ -46,8 +58,9 @@ def main() -> None:
     from personal.training import DPConfig, LoraSettings, TrainConfig, plan_mechanism, train_adapter, wrap
     from simulations.populations import foursquare_nyc, select_devices
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    pop = select_devices(foursquare_nyc(), args.users)
+    torch.set_num_threads(args.threads)
+    pop = select_devices(foursquare_nyc(), args.users + args.skip)
+    pop.devices = pop.devices[args.skip:]
     base = load_base(args.model)
     lora = LoraSettings(r=args.rank, alpha=2 * args.rank, layers=tuple(int(x) for x in args.layers.split(",")))
     pm = wrap(base, lora)
@@ -71,8 +84,10 @@ def main() -> None:
             train, queries = chronological_split(dev.events)
             truths = [q.target.event for q in queries]
             labels = label_space(train)
-            examples = events_to_examples(train)
-            texts = query_texts(queries)
+            examples = events_to_examples(train, history=args.history)
+            if args.max_train:
+                examples = examples[-args.max_train:]
+            texts = query_texts(queries, history=args.history)
             for name, score in baseline_scores(train, queries).items():
                 add(name, score)
             t = time.perf_counter()
@@ -90,23 +105,43 @@ def main() -> None:
             bar.advance(task)
 
     total = time.perf_counter() - t_start
-    summary = {name: {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} for name, scores in rows.items()}
-    markov = summary["markov"]["top1"]
-    print(f"\nFoursquare NYC, {len(pop.devices)} users with most check-ins, {sum(len(d) for d in pop.devices)} events; "
-          f"base {args.model}, LoRA r={args.rank} layers {lora.layers}, epochs {args.epochs} "
-          f"(DP {dp_cfg.epochs}), sample rate {args.q}, lr {args.lr}, clip {args.clip}; wall {total:.0f} s\n")
     for e, p in plans.items():
         print(f"DP eps={e:g}: noise multiplier {p.noise_multiplier:.3f}, q {p.sample_rate}, {p.steps} steps, delta 1e-5, "
               f"PLD epsilon {p.epsilon:.3f}")
-    print()
+    header = (f"{sum(len(d) for d in pop.devices)} events; base {args.model}, LoRA r={args.rank} layers {lora.layers}, "
+              f"epochs {args.epochs} (DP {dp_cfg.epochs}), history k={args.history}, most recent "
+              f"{args.max_train or 'all'} training events per user, sample rate {args.q}, lr {args.lr}, clip {args.clip}")
+    _table(rows, seconds, header, len(pop.devices), total)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "header": header, "seconds": seconds, "wall_s": total,
+                       "plans": {str(e): vars(p) for e, p in plans.items()}, "per_user": rows}, fh, indent=1)
+
+
+def _table(rows: dict, seconds: dict, header: str, users: int, wall: float) -> None:
+    summary = {name: {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} for name, scores in rows.items()}
+    markov = summary["markov"]["top1"]
+    print(f"\nFoursquare NYC, {users} users with most check-ins, {header}; wall {wall:.0f} s\n")
     print("| method | mean top-1 | mean top-5 | top-1 gap vs Markov | train+eval s (all users) |")
     print("|---|---|---|---|---|")
     for name, s in summary.items():
         print(f"| {name} | {s['top1']:.3f} | {s['top5']:.3f} | {s['top1'] - markov:+.3f} | {seconds.get(name, 0):.0f} |")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "summary": summary, "seconds": seconds, "wall_s": total,
-                       "per_user": rows}, fh, indent=1)
+
+
+def _merge(paths: list[str]) -> None:
+    rows: dict[str, list] = {}
+    seconds: dict[str, float] = {}
+    parts = [json.load(open(p)) for p in paths]
+    for part in parts:
+        for name, scores in part["per_user"].items():
+            rows.setdefault(name, []).extend(scores)
+        for name, s in part["seconds"].items():
+            seconds[name] = seconds.get(name, 0.0) + s
+    for e, p in parts[0]["plans"].items():
+        print(f"DP eps={float(e):g}: noise multiplier {p['noise_multiplier']:.3f}, q {p['sample_rate']}, {p['steps']} steps, "
+              f"delta {p['delta']:g}, PLD epsilon {p['epsilon']:.3f}")
+    _table(rows, seconds, f"{len(paths)} shards run side by side; " + parts[0]["header"],
+           len(next(iter(rows.values()))), max(p["wall_s"] for p in parts))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -190,7 +190,9 @@ class PersonalModel:
         targets = lora.targets or DEFAULT_TARGETS[base.kind]
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(targets),
                             layers_to_transform=list(self.layers), bias="none")
-        inject_adapter_in_model(config, base.model)
+        with torch.random.fork_rng(devices=[]):  # a seeded LoRA init that leaves the global RNG alone
+            torch.manual_seed(0)
+            inject_adapter_in_model(config, base.model)
         self.backbone = base.model.model if base.kind == CAUSAL else base.model
         blocks = self.backbone.layers if base.kind == CAUSAL else self.backbone.encoder.layer
         self.start = self.layers[0]
@@ -499,7 +501,6 @@ def train_adapter(
         q = _sample_rate(n, cfg)
         total = max(1, math.ceil(cfg.epochs / q))
     batch = max(1, round(q * n))
-    torch.manual_seed(cfg.seed)
     ids, mask, hidden = pm.encode([e.text for e in use], cfg.max_length)
     y = torch.tensor([index[e.label] if e.kind != LM else -1 for e in use])
     is_lm = torch.tensor([e.kind == LM for e in use])
@@ -516,6 +517,16 @@ def train_adapter(
     else:
         model = module
     gen = np.random.default_rng(cfg.seed + start_step)
+    with torch.random.fork_rng(devices=[]):  # dropout draws are seeded without touching the global RNG
+        torch.manual_seed(cfg.seed + start_step)
+        return _loop(pm, model, module, opt, gsm if dp.enabled else None, plan, dp, cfg, hidden, mask, ids, y, is_lm,
+                     q, n, batch, total, start_step, gen, progress, checkpoint, checkpoint_every)
+
+
+def _loop(pm, model, module, opt, gsm, plan, dp, cfg, hidden, mask, ids, y, is_lm, q, n, batch, total, start_step,
+          gen, progress, checkpoint, checkpoint_every) -> TrainResult:
+    """The step loop of ``train_adapter`` (checkpointing, interrupt handling, the result)."""
+    torch = _torch()
     module.train()
     losses, times, norms = [], [], []
     t0 = time.perf_counter()
@@ -544,7 +555,7 @@ def train_adapter(
             checkpoint(step, pm.export_adapter({"steps_done": step}))
         raise
     finally:
-        if dp.enabled:
+        if gsm is not None:
             gsm._close()
         module.eval()
     mech = plan.mechanism() if dp.enabled else None

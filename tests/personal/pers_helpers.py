@@ -10,11 +10,14 @@ from personal.vault import Event
 START = datetime(2026, 1, 5)  # a Monday
 
 
-def routine_owner(user: str = "ana", weeks: int = 8, seed: int = 0, gym: bool = True) -> list[Event]:
-    """Gym on Mon/Wed/Fri at 07:00; coffee most mornings ~08:15; office on weekdays; park or cinema at weekends."""
+def routine_owner(user: str = "ana", weeks: int = 8, seed: int = 0, gym: bool = True, extra_days: int = 0) -> list[Event]:
+    """Gym on Mon/Wed/Fri at 07:00; coffee most mornings ~08:15; office on weekdays; park or cinema at weekends.
+
+    Starts Monday 2026-01-05 and covers ``weeks`` weeks plus ``extra_days`` days.
+    """
     rng = random.Random(seed)
     out: list[Event] = []
-    for d in range(weeks * 7):
+    for d in range(weeks * 7 + extra_days):
         day = START + timedelta(days=d)
         wd = day.weekday()
         if gym and wd in (0, 2, 4):
