@@ -110,6 +110,7 @@ def demo(
     model: str = typer.Option(DEMO_DEFAULTS["model"], "--model", help="Base model of the simulation."),
     devices: int = typer.Option(DEMO_DEFAULTS["devices"], "--devices", help="Synthetic owners simulated."),
     rounds: int = typer.Option(DEMO_DEFAULTS["rounds"], "--rounds", help="Federated rounds."),
+    max_events: int = typer.Option(DEMO_DEFAULTS["max_events"], "--max-events", help="Most recent events kept per owner."),
     skip_vault: bool = typer.Option(False, "--skip-vault", help="Skip the vault walk-through."),
     skip_simulation: bool = typer.Option(False, "--skip-simulation", help="Only the vault walk-through."),
     threads: Optional[int] = typer.Option(1, "--threads", help="torch threads for the simulation."),
@@ -124,7 +125,7 @@ def demo(
 
     data_dir = getattr(getattr(ctx, "obj", None), "data_dir", None)
     cfg = SimulationConfig(**{**DEMO_DEFAULTS, "model": model, "devices": devices, "synthetic_devices": devices,
-                              "rounds": rounds, "out": str(out), "threads": threads or 1,
+                              "rounds": rounds, "max_events": max_events, "out": str(out), "threads": threads or 1,
                               "data_dir": str(data_dir) if data_dir else None})
     Console().rule(f"[bold]homebody demo: {devices} simulated devices personalize with DP-LoRA ({model})")
     results = run_simulation(cfg, show_progress=True)

@@ -21,6 +21,8 @@ def simulate(
     model: str = typer.Option("minilm-l6", "--model", help="Base model name (personal.models registry) or a local folder."),
     engine: str = typer.Option("fast", "--engine", help="fast (one process, shared base) | flower (Flower simulation runtime)."),
     mode: str = typer.Option("federated", "--mode", help="federated (federated + local personalization) | local (local only)."),
+    federation_mode: str = typer.Option("secagg", "--federation-mode",
+                                        help="secagg (noise shared by the cohort's devices) | device (full noise per device) | central (trusted server)."),
     out: Path = typer.Option(Path("simulation-out"), "--out", help="Output folder (results.json, plots, privacy report)."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling, noise and the synthetic generator."),
     synthetic_devices: int = typer.Option(50, "--synthetic-devices", help="Owners the synthetic generator makes."),
@@ -34,6 +36,7 @@ def simulate(
     cfg = SimulationConfig(
         dataset=dataset, devices=devices, sample=sample, rounds=rounds, devices_per_round=devices_per_round,
         epsilon=epsilon, delta=delta, non_private=non_private, model=model, engine=engine, mode=mode,
+        federation_mode=federation_mode,
         out=str(out), seed=seed, synthetic_devices=synthetic_devices, max_events=max_events, threads=threads,
         data_dir=str(data_dir) if data_dir else None,
     )

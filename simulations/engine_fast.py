@@ -38,14 +38,20 @@ MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round an
 
 
 def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int = 0):
-    """The FederationConfig a simulation runs with (device-side noise calibrated to the user-level target)."""
+    """The FederationConfig a simulation runs with: noise calibrated to the user-level target.
+
+    In "secagg" mode each of the K devices of a cohort adds sigma*C/sqrt(K), so the sum the server
+    uses carries sigma*C (the secure-aggregation protocol itself is not simulated: both engines'
+    servers only ever use the sum, which is what SecAgg+ would reveal).
+    """
     from federation.config import FederationConfig
 
     k = min(n_devices, cfg.devices_per_round or n_devices)
     q = k / n_devices
     z = 0.0 if cfg.non_private else user_noise(cfg.epsilon, q, cfg.rounds, cfg.delta)
     return FederationConfig(
-        rounds=cfg.rounds, mode="device", clip_norm=cfg.update_clip, noise_multiplier=z, delta=cfg.delta,
+        rounds=cfg.rounds, mode=cfg.federation_mode, secagg_min_devices=max(1, k), clip_norm=cfg.update_clip,
+        noise_multiplier=z, delta=cfg.delta,
         fraction_train=q, fraction_evaluate=q, min_train_devices=min(2, k), min_evaluate_devices=min(2, k),
         min_available_devices=min(2, n_devices), base=cfg.model, local_epochs=cfg.local_epochs,
         local_lr=cfg.learning_rate, batch_size=cfg.batch_size, lora_r=cfg.lora_rank,

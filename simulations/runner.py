@@ -43,6 +43,11 @@ class SimulationConfig:
     model: str = "minilm-l6"
     engine: str = "fast"  # fast | flower
     mode: str = "federated"  # federated | local
+    # Where the federated noise is added (federation.config.MODES): "secagg" (default) = each device
+    # adds sigma*C/sqrt(K) so the cohort's sum carries sigma*C, as under SecAgg+; "device" = each
+    # device adds the full sigma*C (no trust in aggregation; far noisier sums); "central" = a trusted
+    # server adds sigma*C to the sum of clipped updates.
+    federation_mode: str = "secagg"
     out: str = "simulation-out"
     seed: int = 0
     local_epochs: int = 1  # local passes per device per round
@@ -68,6 +73,8 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--engine must be 'fast' or 'flower' (got {self.engine!r})")
         if self.mode not in ("federated", "local"):
             raise BadSimulationConfig(f"--mode must be 'federated' or 'local' (got {self.mode!r})")
+        if self.federation_mode not in ("secagg", "device", "central"):
+            raise BadSimulationConfig(f"--federation-mode must be secagg, device or central (got {self.federation_mode!r})")
         if self.rounds < 1:
             raise BadSimulationConfig(f"--rounds must be at least 1 (got {self.rounds})")
         if self.devices is not None and self.devices < 1:

@@ -43,7 +43,7 @@ def _check_schema(results: dict) -> None:
 def test_demo_code_path_writes_results_plots_and_report(monkeypatch, capsys, tmp_path):
     out = tmp_path / "demo"
     code, stdout, err = _cli(monkeypatch, capsys, "demo", "--skip-vault", "--model", "tiny", "--devices", "4",
-                             "--rounds", "2", "--out", str(out))
+                             "--rounds", "2", "--max-events", "80", "--out", str(out))
     assert code == 0, err
     results = load_results(out / "results.json")
     _check_schema(results)
@@ -51,7 +51,8 @@ def test_demo_code_path_writes_results_plots_and_report(monkeypatch, capsys, tmp
     assert results["population"]["devices"] == 4 and len(results["devices"]) == 4
     assert results["privacy"]["private"] and 0 < results["final"]["epsilon_max"] <= 8.0
     assert results["final"]["bytes_up_per_device"] > 0
-    assert results["planted"]["weekly_routines"]["events"] > 0
+    assert set(results["planted"]) == {"weekly_routines", "daily_schedule", "unplanned"}
+    assert results["planted"]["daily_schedule"]["events"] > 0
     for name in results["plots"].values():
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
