@@ -42,7 +42,7 @@ class BudgetExhausted(HomebodyError):
         super().__init__(
             f"privacy budget exhausted for profile {profile!r} ({unit}-level): spent epsilon={spent:.4g} {scope}"
             f"of cap {cap:g}, {self.remaining:.4g} remains; this release (epsilon={requested:.4g} alone) would bring "
-            f"it to {epsilon_after:.4g} at delta={delta:g}. Nothing was trained or recorded."
+            f"it to {epsilon_after:.4g} at delta={delta:g}. Nothing was recorded."
         )
 
 

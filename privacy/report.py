@@ -20,7 +20,13 @@ from pathlib import Path
 import sqlite_utils
 
 from privacy.budget import ReleaseGate
+from privacy.errors import HomebodyError
 from privacy.ledger import UNITS, Ledger
+
+
+class ReportError(HomebodyError):
+    """A report cannot be built from what was given."""
+
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -252,9 +258,7 @@ def population_report(devices: list[DeviceSummary], html_path: str | Path | None
                       json_path: str | Path | None = None, title: str = "homebody population privacy report") -> dict:
     """Population view for a simulation run: epsilon distribution, worst device, rounds per device."""
     if not devices:
-        from privacy.errors import HomebodyError
-
-        raise HomebodyError("population report needs at least one device")
+        raise ReportError("a population report needs at least one device")
     finite = sorted(d.epsilon for d in devices if math.isfinite(d.epsilon))
     worst = max(devices, key=lambda d: (d.epsilon, d.rounds))
 
