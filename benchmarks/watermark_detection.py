@@ -2,14 +2,14 @@
 
 - False-positive rate on human text: 200 texts of 100–300 tokens (half Shakespeare roles, half
   SST-2 sentences joined to length) scored with a fresh device key at the default threshold.
-- Detection rate: watermarked generations of `--tokens` new tokens (default 120) from the real
+- Detection rate: watermarked generations of `--tokens` new tokens (default 110) from the real
   `smollm2-135m`, through `generate_labelled_batch` (the one generation entry point), chat prompts.
 - Cost: the first `--n-plain` prompts are also generated without the watermark, batch by batch,
   interleaved with the watermarked batch of the same prompts: tokens/s with and without (ratio
   from the same run), and perplexity of both sets of generations under the unwatermarked model.
 
     .venv/bin/python -m benchmarks.watermark_detection [--n-human 200] [--n-gen 200] [--n-plain 50]
-        [--batch 25] [--tokens 120] [--threads 1] [--json out.json]
+        [--batch 25] [--tokens 110] [--threads 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--n-gen", type=int, default=200)
     ap.add_argument("--n-plain", type=int, default=50, help="prompts also generated without the watermark")
     ap.add_argument("--batch", type=int, default=25)
-    ap.add_argument("--tokens", type=int, default=120, help="new tokens per generation (min = max)")
+    ap.add_argument("--tokens", type=int, default=110, help="new tokens per generation (min = max)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
@@ -170,23 +170,25 @@ def main() -> None:
                     plain_time += time.perf_counter() - t0
                     plain_tok += len(chunk) * args.tokens
                 bar.advance(task, len(chunk_plain))
+            # A line per batch: on a shared machine this run is long, and a log shows where it is.
+            print(f"{time.strftime('%H:%M:%S')} {len(marked)}/{args.n_gen} watermarked, {len(plain)}/{args.n_plain} plain",
+                  flush=True)
 
     gen_det = [detect_watermark(o.content, tok, key, settings=settings) for o in marked]
     plain_det = [detect_watermark(o.content, tok, key, settings=settings) for o in plain]
     gen_tokens = [len(tok(o.content, add_special_tokens=False)["input_ids"]) for o in marked]
 
-    def corpus_ppl(outs, prompt_list):
-        nll = n = 0
-        per_text = []
-        for o, p in zip(outs, prompt_list):
-            a, b = continuation_nll(base.model, tok, p, o.content)
-            nll, n = nll + a, n + b
-            per_text.append(math.exp(a / max(b, 1)))
-        return math.exp(nll / max(n, 1)), float(np.median(per_text))
+    nll_marked = [continuation_nll(base.model, tok, p, o.content) for o, p in zip(marked, ps)]
+    nll_plain = [continuation_nll(base.model, tok, p, o.content) for o, p in zip(plain, ps)]
 
-    ppl_wm_same, ppl_wm_same_med = corpus_ppl(marked[: len(plain)], ps[: len(plain)])
-    ppl_plain, ppl_plain_med = corpus_ppl(plain, ps[: len(plain)])
-    ppl_wm_all, ppl_wm_all_med = corpus_ppl(marked, ps[: len(marked)])
+    def corpus_ppl(nlls):
+        """Corpus perplexity (total NLL / total tokens) and the median per-text perplexity."""
+        total, count = sum(a for a, _ in nlls), sum(b for _, b in nlls)
+        return math.exp(total / max(count, 1)), float(np.median([math.exp(a / max(b, 1)) for a, b in nlls]))
+
+    ppl_wm_same, ppl_wm_same_med = corpus_ppl(nll_marked[: len(plain)])
+    ppl_plain, ppl_plain_med = corpus_ppl(nll_plain)
+    ppl_wm_all, ppl_wm_all_med = corpus_ppl(nll_marked)
 
     fp = sum(d.verdict == "watermarked" for d in human_det)
     long_enough = [d for d, n in zip(gen_det, gen_tokens) if n >= 100]
