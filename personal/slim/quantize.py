@@ -144,6 +144,12 @@ class QuantLinearBase(nn.Linear):
         """``dL/dx`` for ``y = x W^T + b``, with W dequantized."""
         return grad_out.matmul(self.dequantized().to(grad_out.dtype))
 
+    def __getstate__(self) -> dict:
+        # The kernels' packed weights are opaque objects that neither copy nor pickle: drop them,
+        # they are rebuilt from the stored codes on the next forward.
+        state = super().__getstate__()
+        return {**state, "_packed": None, "_sz_bf16": None}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _DequantLinearFn.apply(x, self)

@@ -70,6 +70,16 @@ def test_embedding_and_tied_head_share_codes(tiny_causal):
                and "lora" not in n)
 
 
+def test_quantized_model_copies_and_pickles(tiny_causal, tmp_path):
+    q = copy.deepcopy(tiny_causal.model)
+    quantize_model(q, QuantConfig(scheme="int4"))
+    ids = torch.randint(5, 1000, (1, 6))
+    ref = q(input_ids=ids).logits
+    assert torch.equal(copy.deepcopy(q)(input_ids=ids).logits, ref)
+    torch.save(q, tmp_path / "m.pt")
+    assert torch.equal(torch.load(tmp_path / "m.pt", weights_only=False)(input_ids=ids).logits, ref)
+
+
 def test_bad_scheme_is_one_clear_error(tiny_causal):
     with pytest.raises(QuantizationError, match="unknown quantization"):
         quantize_model(copy.deepcopy(tiny_causal.model), QuantConfig(scheme="int3"))
