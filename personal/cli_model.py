@@ -68,21 +68,27 @@ def personalize(
         dp = DPConfig(epsilon=3.0, max_grad_norm=max_grad_norm, secure_rng=secure_rng)
     cfg = TrainConfig(lora=LoraSettings(r=rank, alpha=2 * rank, layers=layer_set), epochs=epochs,
                       batch_size=batch_size, lr=lr)
+    bar = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                   TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=err_console)
+    tasks: list = []
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if not tasks:  # the bar appears with the first step, so a refusal stays one line
+            bar.start()
+            tasks.append(bar.add_task("train", total=total, loss=loss))
+        bar.update(tasks[0], completed=step, total=total, loss=loss)
+
     with open_vault(vault, key_file) as v:
         base = load_base(model)
-        with Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                      TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=err_console) as bar:
-            task = bar.add_task("train", total=None, loss=float("nan"))
-
-            def progress(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, total=total, loss=loss)
-
-            try:
-                out = run(v, profile, base, cfg, dp, progress=progress)
-            except KeyboardInterrupt:
-                err_console.print("interrupted: a checkpoint is sealed in the vault; run the same command to resume "
-                                  "(no budget is spent until the run completes)")
-                raise
+        try:
+            out = run(v, profile, base, cfg, dp, progress=progress)
+        except KeyboardInterrupt:
+            bar.stop()
+            err_console.print("interrupted: a checkpoint is sealed in the vault; run the same command to resume "
+                              "(no budget is spent until the run completes)")
+            raise
+        finally:
+            bar.stop()
     if out.resumed_from:
         console.print(f"resumed from step {out.resumed_from}")
     console.print(f"{profile}: adapter for {base.name} stored sealed in the vault "
