@@ -14,6 +14,9 @@ devices are a seeded random draw of the 1,082 users (the top-100 by events has n
 Markdown table (the section pasted into docs/BENCHMARKS.md) and writes JSON next to the runs.
 
     .venv/bin/python -m benchmarks.federation_foursquare --devices 100 --rounds 3 --epsilon 8
+    # or the two arms as separate processes, then the table from their results.json:
+    .venv/bin/python -m benchmarks.federation_foursquare --arms local --out DIR
+    .venv/bin/python -m benchmarks.federation_foursquare --from-results F/results.json L/results.json
 """
 
 from __future__ import annotations
@@ -70,8 +73,16 @@ def main() -> None:
     parser.add_argument("--top", action="store_true",
                         help="take the users with the most events (default: a seeded random draw, so cold-start users appear)")
     parser.add_argument("--out", default="out/bench-federation-foursquare")
+    parser.add_argument("--arms", default="federated,local", help="which arms to run (comma-separated)")
+    parser.add_argument("--from-results", nargs=2, metavar=("FEDERATED_JSON", "LOCAL_JSON"),
+                        help="print the table from two finished runs' results.json instead of running")
     args = parser.parse_args()
-    arms = {mode: run_arm(mode, args) for mode in ("federated", "local")}
+    if args.from_results:
+        arms = {arm: json.loads(Path(path).read_text()) for arm, path in zip(("federated", "local"), args.from_results)}
+        for arm, res in arms.items():
+            res["bench_wall_s"] = res.get("wall_s", float("nan"))
+    else:
+        arms = {mode: run_arm(mode, args) for mode in args.arms.split(",")}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     summary = {arm: {k: res.get(k) for k in ("config", "groups", "final", "baselines", "privacy", "bench_wall_s")} for arm, res in arms.items()}
     (Path(args.out) / "federation_foursquare.json").write_text(json.dumps(summary, indent=1, default=str))
