@@ -94,6 +94,9 @@ def personalize(
     console.print(f"{profile}: adapter for {base.name} stored sealed in the vault "
                   f"({out.adapter.num_parameters():,} parameters, {out.adapter.nbytes():,} bytes, {len(out.adapter.labels)} labels)")
     console.print(out.privacy_label)
+    if out.plan is None:
+        console.print("[yellow]recorded in the ledger as a non-private release (epsilon = inf): "
+                      "the budget gate refuses further private releases for this profile[/]")
 
 
 def suggest(
