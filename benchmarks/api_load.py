@@ -1,6 +1,6 @@
 """Load on the local API: N concurrent OpenAI-style chat requests against a real `homebody serve` subprocess.
 
-Run: .venv/bin/python -m benchmarks.api_load [--runs tiny-causal:200:16,smollm2-135m:20:8] [--max-tokens 32]
+Run: .venv/bin/python -m benchmarks.api_load [--runs tiny-causal:200:16,smollm2-135m:20:8] [--max-tokens 32] [--threads N]
 
 Each run is MODEL:REQUESTS:CHAT_BATCH. For each, the benchmark creates a fast-KDF vault with three
 weeks of one owner's habits, starts `homebody serve --port 0` on 127.0.0.1 with that model, trains
@@ -63,10 +63,10 @@ def habits(days: int = 21) -> list[dict]:
     return out
 
 
-def start_server(vault: Path, model: str, batch: int, max_tokens: int) -> tuple[subprocess.Popen, str]:
+def start_server(vault: Path, model: str, batch: int, max_tokens: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "HOMEBODY_PASSPHRASE": PASSPHRASE, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "simulations.cli", "serve", "--vault", str(vault), "--port", "0", "--model", model,
-           "--chat-batch", str(batch), "--max-new-tokens", str(max_tokens)]
+           "--chat-batch", str(batch), "--max-new-tokens", str(max_tokens)] + (["--threads", str(threads)] if threads else [])
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -126,7 +126,7 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def run(model: str, n: int, batch: int, max_tokens: int) -> RunResult:
+def run(model: str, n: int, batch: int, max_tokens: int, threads: int | None = None) -> RunResult:
     from personal.assistant import Assistant
     from personal.auth import read_token
     from personal.vault import VaultConfig
@@ -134,7 +134,7 @@ def run(model: str, n: int, batch: int, max_tokens: int) -> RunResult:
     with tempfile.TemporaryDirectory() as tmp:
         vault = Path(tmp) / "vault.db"
         Assistant.create(vault, PASSPHRASE, "owner", model, vault_config=VaultConfig(fast_kdf=True)).close()
-        proc, url = start_server(vault, model, batch, max_tokens)
+        proc, url = start_server(vault, model, batch, max_tokens, threads)
         try:
             token = read_token(vault)
             prepare(url, token)
@@ -154,16 +154,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", default="tiny-causal:200:16,smollm2-135m:20:8", help="MODEL:REQUESTS:CHAT_BATCH,...")
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="torch threads of the server (serve --threads).")
     args = p.parse_args()
     rows = []
     for spec in args.runs.split(","):
         model, n, batch = spec.split(":")
-        res = run(model, int(n), int(batch), args.max_tokens)
+        res = run(model, int(n), int(batch), args.max_tokens, args.threads)
         rows.append(res)
         print(f"done {spec}: errors {res.errors}, p50 {res.p50:.2f} s, p95 {res.p95:.2f} s", file=sys.stderr, flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} "
-          f"at the end; max_tokens {args.max_tokens}\n")
+          f"at the end; max_tokens {args.max_tokens}; server torch threads {args.threads or 'default'}\n")
     print("| chat model | concurrent requests | chat batch | errors | p50 latency (s) | p95 latency (s) | max (s) "
           "| wall (s) | requests/s | server CPU s per request | answers with adapter | mean tokens |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

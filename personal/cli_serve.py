@@ -25,12 +25,17 @@ def serve(
     token_cap: int = typer.Option(512, "--max-tokens-cap", min=1, max=4096, help="No answer is longer, whatever a request asks."),
     chat_batch: int = typer.Option(8, "--chat-batch", min=1, max=256, help="Concurrent chats answered in one generate call."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; 1 helps on a busy machine)."),
 ) -> None:
     """Serve the owner's assistant: OpenAI-compatible chat, events, suggestions, personalization, budget, erasure."""
     from personal.assistant import Assistant
     from personal.auth import ensure_token, token_path
     from personal.server import serve as run
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     path = resolve_vault_path(vault)
     if not path.is_file():
         raise NotAVault(f"no vault at {path}; create one with `homebody vault init --vault {path}`")
