@@ -92,15 +92,15 @@ def test_empty_and_noiseless_releases():
 
 
 def test_noise_for_epsilon_meets_target_tightly_with_prior():
-    z = noise_for_epsilon(1.0, 0.01, 1000, DELTA)
-    eps = compute_epsilon([SubsampledGaussian(z, 0.01, 1000)], DELTA)
-    assert 0.99 < eps <= 1.0
-    assert compute_epsilon([SubsampledGaussian(z * 0.99, 0.01, 1000)], DELTA) > 1.0
-    prior = [SubsampledGaussian(1.0, 0.01, 500)]
-    z2 = noise_for_epsilon(3.0, 0.01, 1000, DELTA, prior=prior)
-    assert 2.97 < compute_epsilon(prior + [SubsampledGaussian(z2, 0.01, 1000)], DELTA) <= 3.0
+    z = noise_for_epsilon(2.0, 0.1, 100, DELTA)
+    eps = compute_epsilon([SubsampledGaussian(z, 0.1, 100)], DELTA)
+    assert 1.99 < eps <= 2.0
+    assert compute_epsilon([SubsampledGaussian(z * 0.99, 0.1, 100)], DELTA) > 2.0
+    prior = [SubsampledGaussian(2.0, 0.1, 50)]
+    z2 = noise_for_epsilon(3.0, 0.1, 100, DELTA, prior=prior)
+    assert 2.98 < compute_epsilon(prior + [SubsampledGaussian(z2, 0.1, 100)], DELTA) <= 3.0
     with pytest.raises(AccountingError, match="already spend"):
-        noise_for_epsilon(0.5, 0.01, 100, DELTA, prior=[SubsampledGaussian(0.5, 0.1, 1000)])
+        noise_for_epsilon(0.5, 0.1, 100, DELTA, prior=prior)
 
 
 def test_max_steps_for_epsilon_is_the_largest_that_fits():
