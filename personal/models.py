@@ -97,7 +97,7 @@ def load_base(name: str, *, cache_dir: Path | None = None, dtype: str = "float32
         if name == "minilm-l6":
             base = _load_minilm()
         elif name == "smollm2-135m":
-            base = _load_smollm2(cache_root(cache_dir))
+            base = _load_smollm2(cache_root(cache_dir), dtype)
         elif name in ("tiny", "tiny-encoder"):
             base = _tiny(ENCODER, name)
         elif name == "tiny-causal":
@@ -201,11 +201,13 @@ def convert_smollm2(cache: Path) -> Path:
     return target
 
 
-def _load_smollm2(cache: Path) -> BaseModel:
+def _load_smollm2(cache: Path, dtype: str = "float32") -> BaseModel:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = convert_smollm2(cache)
-    model = AutoModelForCausalLM.from_pretrained(folder)
+    # Load straight into the target dtype: no transient fp32 copy when bfloat16 is asked for.
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
     tok = AutoTokenizer.from_pretrained(folder)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
