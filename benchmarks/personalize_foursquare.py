@@ -35,13 +35,15 @@ def main() -> None:
     ap.add_argument("--layers", default="-1", help="comma-separated LoRA layers (negative = from the top)")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--clip", type=float, default=1.0)
-    ap.add_argument("--epsilons", default="1,3,8")
+    ap.add_argument("--epsilons", default="8,3,1")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest when other work shares the 2 cores)")
     ap.add_argument("--history", type=int, default=1, help="previous events in the context text (k)")
-    ap.add_argument("--max-train", type=int, default=150,
+    ap.add_argument("--max-train", type=int, default=120,
                     help="train on each user's most recent N training events (0 = all); evaluation uses all held-out events")
     ap.add_argument("--skip", type=int, default=0, help="skip the first N users (quick looks at mid-size users)")
+    ap.add_argument("--shard", default="0/1", help="I/N: this process takes users I, I+N, I+2N, ... of the selection")
+    ap.add_argument("--plans", default=None, help="JSON cache of the calibrated DP plans (shards share one calibration)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="only print the table of shard results written by earlier --json runs")
@@ -60,16 +62,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     pop = select_devices(foursquare_nyc(), args.users + args.skip)
-    pop.devices = pop.devices[args.skip:]
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    pop.devices = pop.devices[args.skip:][shard::shards]
     base = load_base(args.model)
     lora = LoraSettings(r=args.rank, alpha=2 * args.rank, layers=tuple(int(x) for x in args.layers.split(",")))
     pm = wrap(base, lora)
     cfg = TrainConfig(lora=lora, epochs=args.epochs, sample_rate=args.q, lr=args.lr, max_length=48)
     dp_cfg = TrainConfig(lora=lora, epochs=args.dp_epochs or args.epochs, sample_rate=args.q, lr=args.lr,
                          max_length=48)
-    epsilons = [float(e) for e in args.epsilons.split(",") if e]
+    epsilons = [float(e) for e in args.epsilons.split(",") if e]  # run order = this order
     # Same q and steps for every user, so the noise is calibrated once per epsilon (PLD accountant).
-    plans = {e: plan_mechanism(1000, dp_cfg, DPConfig(epsilon=e, delta=1e-5, max_grad_norm=args.clip)) for e in epsilons}
+    plans = _plans(args, dp_cfg, epsilons)
     rows: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, float] = {}
     t_start = time.perf_counter()
@@ -103,25 +106,56 @@ def main() -> None:
                 pm.load_adapter(res.adapter)
                 add(name, topk(model_rankings(pm, texts, max_length=48), truths), time.perf_counter() - t)
             bar.advance(task)
+            if args.json:  # after every user, so a cut-short run still leaves its finished users
+                _dump(args, rows, seconds, time.perf_counter() - t_start, plans, pop, lora, dp_cfg)
 
     total = time.perf_counter() - t_start
     for e, p in plans.items():
         print(f"DP eps={e:g}: noise multiplier {p.noise_multiplier:.3f}, q {p.sample_rate}, {p.steps} steps, delta 1e-5, "
               f"PLD epsilon {p.epsilon:.3f}")
-    header = (f"{sum(len(d) for d in pop.devices)} events; base {args.model}, LoRA r={args.rank} layers {lora.layers}, "
-              f"epochs {args.epochs} (DP {dp_cfg.epochs}), history k={args.history}, most recent "
-              f"{args.max_train or 'all'} training events per user, sample rate {args.q}, lr {args.lr}, clip {args.clip}")
-    _table(rows, seconds, header, len(pop.devices), total)
+    header = _header(args, pop, lora, dp_cfg)
+    _table(rows, seconds, header, len(rows["markov"]), total)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "header": header, "seconds": seconds, "wall_s": total,
-                       "plans": {str(e): vars(p) for e, p in plans.items()}, "per_user": rows}, fh, indent=1)
+        _dump(args, rows, seconds, total, plans, pop, lora, dp_cfg)
+
+
+def _plans(args, dp_cfg, epsilons) -> dict:
+    """One PLD calibration per epsilon (q and steps are shared by all users), cached in --plans."""
+    from personal.training import DPConfig, MechanismPlan, plan_mechanism
+
+    key = f"q={args.q} epochs={dp_cfg.epochs}"
+    cached = json.load(open(args.plans)) if args.plans and os.path.exists(args.plans) else {}
+    plans = {}
+    for e in epsilons:
+        if f"{key} eps={e:g}" in cached:
+            plans[e] = MechanismPlan(**cached[f"{key} eps={e:g}"])
+        else:
+            plans[e] = plan_mechanism(1000, dp_cfg, DPConfig(epsilon=e, delta=1e-5, max_grad_norm=args.clip))
+            cached[f"{key} eps={e:g}"] = vars(plans[e])
+    if args.plans:
+        with open(args.plans, "w") as fh:
+            json.dump(cached, fh, indent=1)
+    return plans
+
+
+def _header(args, pop, lora, dp_cfg) -> str:
+    return (f"base {args.model}, LoRA r={args.rank} layers {lora.layers}, "
+            f"epochs {args.epochs} (DP {dp_cfg.epochs}), history k={args.history}, most recent "
+            f"{args.max_train or 'all'} training events per user, sample rate {args.q}, lr {args.lr}, clip {args.clip}")
+
+
+def _dump(args, rows, seconds, wall, plans, pop, lora, dp_cfg) -> None:
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump({"args": vars(args), "header": _header(args, pop, lora, dp_cfg), "seconds": seconds, "wall_s": wall,
+                   "plans": {str(e): vars(p) for e, p in plans.items()}, "per_user": rows}, fh, indent=1)
+    os.replace(tmp, args.json)
 
 
 def _table(rows: dict, seconds: dict, header: str, users: int, wall: float) -> None:
     summary = {name: {k: float(np.mean([s[k] for s in scores])) for k in scores[0]} for name, scores in rows.items()}
     markov = summary["markov"]["top1"]
-    print(f"\nFoursquare NYC, {users} users with most check-ins, {header}; wall {wall:.0f} s\n")
+    print(f"\nFoursquare NYC, {users} of the users with most check-ins, {header}; wall {wall:.0f} s\n")
     print("| method | mean top-1 | mean top-5 | top-1 gap vs Markov | train+eval s (all users) |")
     print("|---|---|---|---|---|")
     for name, s in summary.items():
@@ -140,7 +174,7 @@ def _merge(paths: list[str]) -> None:
     for e, p in parts[0]["plans"].items():
         print(f"DP eps={float(e):g}: noise multiplier {p['noise_multiplier']:.3f}, q {p['sample_rate']}, {p['steps']} steps, "
               f"delta {p['delta']:g}, PLD epsilon {p['epsilon']:.3f}")
-    _table(rows, seconds, f"{len(paths)} shards run side by side; " + parts[0]["header"],
+    _table(rows, seconds, f"{len(paths)} shards side by side; " + parts[0]["header"],
            len(next(iter(rows.values()))), max(p["wall_s"] for p in parts))
 
 
