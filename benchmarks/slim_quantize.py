@@ -9,6 +9,12 @@ calibration). The machine may be shared: the variants run one after another, ``-
 times, interleaved, and the table reports each round's tokens/s so the ratios can be judged.
 
     .venv/bin/python -m benchmarks.slim_quantize [--variants fp32,int8,int4,prune25,prune25+int8] [--rounds 2]
+
+On a machine shared with other jobs, ``--paired`` is the robust speed measurement: all variants
+are loaded in ONE process and decode in turn, round after round, so each ratio is taken under the
+same load (sizes and perplexity are measured there too; RSS still needs the per-process runs).
+
+    .venv/bin/python -m benchmarks.slim_quantize --paired [--variants fp32,int8,int4] [--rounds 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -90,6 +96,45 @@ def measure(folder: str, new_tokens: int, repeats: int, ppl_texts: int) -> dict:
             "perplexity": None if ppl is None else round(ppl, 3), "sample": sample[:120]}
 
 
+def paired(variants: list[str], folders: dict, rounds: int, new_tokens: int, ppl_texts: int, threads: int) -> None:
+    """All variants in one process, decoding in turn each round: speed ratios under equal load."""
+    import statistics
+
+    import torch
+
+    from personal.models import load_base
+    from personal.slim.distil import perplexity
+    from personal.slim.texts import HELDOUT, load_texts
+    from simulations.datasets import data_root
+
+    torch.set_num_threads(threads)
+    bases = {v: load_base(str(folders[v])) for v in variants}
+    tok = bases[variants[0]].tokenizer
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    speed: dict[str, list[float]] = {v: [] for v in variants}
+    with torch.no_grad():
+        for v in variants:
+            bases[v].model.generate(ids, max_new_tokens=2, do_sample=False)  # warm-up
+        for _ in range(rounds):
+            for v in variants:
+                t = time.perf_counter()
+                out = bases[v].model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+                speed[v].append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - t))
+    texts = load_texts("shakespeare_roles", HELDOUT, limit=ppl_texts, root=data_root()) if ppl_texts else []
+    ppl = {v: perplexity(bases[v].model, tok, texts, max_length=128) if texts else None for v in variants}
+    ref = variants[0]
+    print(f"paired run: {len(variants)} variants in one process, {rounds} rounds x {new_tokens} new tokens greedy "
+          f"(batch 1), torch threads {threads}; perplexity on {ppl_texts} held-out Shakespeare chunks (<=128 tokens)\n")
+    print(f"| variant | weights MB | median tokens/s | median speed-up vs {ref} (per-round ratios) | perplexity | ppl change |")
+    print("|---|---|---|---|---|---|")
+    for v in variants:
+        ratios = [a / b for a, b in zip(speed[v], speed[ref])]
+        size = (Path(folders[v]) / "model.safetensors").stat().st_size / 1e6
+        dppl = f"{100 * (ppl[v] / ppl[ref] - 1):+.1f}%" if ppl[v] else "-"
+        print(f"| {v} | {size:.1f} | {statistics.median(speed[v]):.2f} | {statistics.median(ratios):.2f}x "
+              f"({', '.join(f'{r:.2f}' for r in ratios)}) | {ppl[v] if ppl[v] is None else round(ppl[v], 3)} | {dppl} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(VARIANTS))
@@ -99,6 +144,8 @@ def main() -> None:
     ap.add_argument("--ppl-texts", type=int, default=48, help="held-out Shakespeare chunks (~100 tokens each)")
     ap.add_argument("--out", default=None, help="folder for the slim variants (default: <cache>/bench-slim)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--paired", action="store_true", help="all variants in one process, interleaved (see above)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in --paired mode")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -117,6 +164,9 @@ def main() -> None:
         t = time.perf_counter()
         folders[v] = build(v, out_root)
         print(f"built {v} in {time.perf_counter() - t:.1f} s: {folders[v]}", file=sys.stderr, flush=True)
+    if args.paired:
+        paired(variants, folders, args.rounds, args.new_tokens, args.ppl_texts, args.threads)
+        return
     results: dict[str, dict] = {v: {} for v in variants}
     for r in range(args.rounds):
         for v in variants:
