@@ -46,13 +46,14 @@ def main() -> None:
     p.add_argument("--max-events", type=int, default=60)
     p.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     p.add_argument("--modes", nargs="+", default=["local", "federated"])
+    p.add_argument("--personal-epochs", type=int, default=1, help="local fine-tuning passes on top of the global adapter")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/bench-foursquare")
     args = p.parse_args()
     out = Path(args.out)
     cache = FeatureCache(out / ".shared-feature-cache", mem_bytes=1 << 30)
     common = dict(dataset="foursquare-nyc", devices=args.devices, rounds=args.rounds, max_events=args.max_events,
-                  model="minilm-l6", threads=args.threads)
+                  model="minilm-l6", threads=args.threads, personal_epochs=args.personal_epochs)
     rows, baselines = [], None
     for mode in args.modes:
         for eps in [*args.epsilons, None]:
@@ -73,7 +74,7 @@ def main() -> None:
     cache.clear_files()
     print()
     print(f"foursquare-nyc, top {args.devices} users by check-ins, last {args.max_events} events each (last 20% held out), "
-          f"{args.rounds} rounds, minilm-l6 + LoRA (top layer) + head; macro mean over devices")
+          f"{args.rounds} rounds, {args.personal_epochs} personal epoch(s), minilm-l6 + LoRA (top layer) + head; macro mean over devices")
     print()
     print("| model | privacy | top-1 | top-5 | global adapter top-1 | wall s |")
     print("|---|---|---|---|---|---|")

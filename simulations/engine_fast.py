@@ -56,6 +56,7 @@ def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int =
         min_available_devices=min(2, n_devices), base=cfg.model, local_epochs=cfg.local_epochs,
         local_lr=cfg.learning_rate, batch_size=cfg.batch_size, lora_r=cfg.lora_rank,
         personal_epochs=cfg.personal_epochs, history=cfg.history, seed=cfg.seed,
+        round_timeout_s=24 * 3600.0,  # a simulated device is never late: a busy machine must not drop it
     )
 
 

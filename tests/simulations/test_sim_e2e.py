@@ -150,7 +150,7 @@ def test_fast_and_flower_engines_agree(tmp_path):
     """Same devices, config and seeds through both engines. Without noise the only differences
     left are the order of float sums and process boundaries, so the metrics must agree closely;
     with DP on they differ by the noise draws (the noise calibration itself is shared code)."""
-    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", max_events=60,
+    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", max_events=40,
                   non_private=True, seed=1)
     fast = run_simulation(SimulationConfig(**common, engine="fast", out=str(tmp_path / "fast")))
     flower = run_simulation(SimulationConfig(**common, engine="flower", out=str(tmp_path / "flower")))
