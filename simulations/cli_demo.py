@@ -99,9 +99,10 @@ def vault_walkthrough() -> None:
         out.rule("[green]done: the temporary vault is deleted")
 
 
-# The embedded default: finishes in a few minutes on 2 cores (see docs/BENCHMARKS.md, ## Simulations).
-DEMO_DEFAULTS = dict(dataset="synthetic", synthetic_devices=24, devices=24, rounds=3, model="minilm-l6",
-                     epsilon=8.0, mode="federated", engine="fast", max_events=250)
+# The embedded default, sized from benchmarks.simulation_synthetic (12 owners x 250 events, 2 rounds,
+# 3 personal epochs took 24 min on a 2-core machine loaded ~10x by other work: a few minutes idle).
+DEMO_DEFAULTS = dict(dataset="synthetic", synthetic_devices=12, devices=12, rounds=2, model="minilm-l6",
+                     epsilon=8.0, mode="federated", engine="fast", max_events=200, personal_epochs=3)
 
 
 def demo(
