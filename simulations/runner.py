@@ -330,6 +330,10 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     interrupted = False
     pop = load_population(cfg.dataset, data_dir=cfg.data_dir, synthetic_devices=cfg.synthetic_devices, seed=cfg.seed)
     pop = select_devices(pop, cfg.devices, sample=cfg.sample, seed=cfg.seed)
+    if len(pop.labels()) < 2:
+        # e.g. shakespeare: every event is a text "line"; its text personalization has no next-event metric here
+        raise BadSimulationConfig(f"{pop.name}: fewer than 2 distinct events, so there is no next event to predict "
+                                  "(text-only populations load, but the runner scores next-event prediction only)")
     base_means, per_user_base = simdev.baselines(pop, cfg.max_events)
     with _progress(show_progress) as bar:
         task = bar.add_task("sealing device vaults", total=len(pop.devices))

@@ -79,3 +79,12 @@ def test_shakespeare_one_device_per_role(data_root):
     assert 40 <= len(pop.devices) <= 60
     dev = pop.devices[0]
     assert all(e.text for e in dev.events) and dev.events[0].timestamp < dev.events[-1].timestamp
+
+
+def test_text_only_population_is_refused_with_one_clear_error(data_root, tmp_path):
+    require_dataset(data_root, "shakespeare_roles")
+    from simulations.runner import BadSimulationConfig, SimulationConfig, run_simulation
+
+    with pytest.raises(BadSimulationConfig) as info:
+        run_simulation(SimulationConfig(dataset="shakespeare", devices=3, model="tiny", out=str(tmp_path)))
+    assert "next event" in str(info.value) and not (tmp_path / "results.json").exists()
