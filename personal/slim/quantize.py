@@ -15,8 +15,11 @@ reads a ``Linear``'s weight keeps working), while the stored weight is ``qweight
 
 from __future__ import annotations
 
+import functools
+import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -100,6 +103,17 @@ def _prepack_int8(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | Non
         warnings.simplefilter("ignore")  # quantized-tensor constructors warn of a future deprecation
         qt = torch._make_per_channel_quantized_tensor(q, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0)
         return torch.ops.quantized.linear_prepack(qt, None if bias is None else bias.float())
+
+
+@functools.lru_cache(maxsize=1)
+def _reduce_range() -> bool:
+    """7-bit activations unless the CPU has VNNI: without it fbgemm's u8*s8 pair sums can
+    saturate int16 (PyTorch's own default for x86 is to reduce the range)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return not re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags)
 
 
 class _DequantLinearFn(torch.autograd.Function):
@@ -187,7 +201,7 @@ class Int8Linear(QuantLinearBase):
 
     def repack(self) -> "Int8Linear":
         """(Re)build the kernel's packed weights from ``qweight``/``scale`` (after loading them)."""
-        self._packed = _prepack_int8(self.qweight, self.scale.float(), self.bias)
+        self._packed = _prepack_int8(self.qweight, self.scale.float(), None)  # bias added after rescaling
         return self
 
     def dequantized(self) -> torch.Tensor:
@@ -201,7 +215,14 @@ class Int8Linear(QuantLinearBase):
         if self._packed is None:
             self.repack()
         shape = x.shape
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float().contiguous(), self._packed, True)
+        x2 = x.reshape(-1, shape[-1]).float()
+        # The kernel quantizes activations with ONE scale per call; over many tokens the outlier
+        # tokens crush the rest (SmolLM2 perplexity +370% measured). Normalising each row first
+        # makes that scale per token (+3% measured); the row scale is multiplied back after.
+        m = x2.detach().abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        y = torch.ops.quantized.linear_dynamic((x2 / m).contiguous(), self._packed, _reduce_range()) * m
+        if self.bias is not None:
+            y = y + self.bias.float()
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 

@@ -59,6 +59,18 @@ def test_int8_and_int4_layers_match_float():
     assert (dequantize_int4(q, sz, 32) - lin.weight).abs().max() <= (lin.weight.max() - lin.weight.min()) / 15
 
 
+def test_int8_activation_scale_is_per_token():
+    """One outlier token in a call must not wreck the others (the kernel's own scale is per call)."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 32, bias=True)
+    layer = Int8Linear.from_float(lin)
+    x = torch.randn(16, 64)
+    x[0] *= 1000.0
+    ref = lin(x)
+    rel = (layer(x)[1:] - ref[1:]).abs().max() / ref[1:].abs().max()
+    assert rel < 0.05, float(rel)
+
+
 def test_embedding_and_tied_head_share_codes(tiny_causal):
     model = copy.deepcopy(tiny_causal.model)
     model.lm_head.weight = model.model.embed_tokens.weight  # tie, as SmolLM2 is
