@@ -34,7 +34,8 @@ def run_arm(mode: str, args: argparse.Namespace) -> dict:
     cfg = SimulationConfig(dataset="foursquare-nyc", devices=args.devices, sample=not args.top, rounds=args.rounds, epsilon=args.epsilon,
                            model=args.model, engine="fast", mode=mode, out=str(Path(args.out) / mode), seed=args.seed,
                            devices_per_round=args.devices_per_round, max_events=args.max_events,
-                           local_epochs=args.local_epochs, personal_epochs=args.personal_epochs)
+                           local_epochs=args.local_epochs, personal_epochs=args.personal_epochs,
+                           federation_mode=args.federation_mode)
     t0 = time.perf_counter()
     results = run_simulation(cfg, show_progress=True)
     results["bench_wall_s"] = time.perf_counter() - t0
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--personal-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--federation-mode", default="device", choices=("device", "secagg", "central"),
+                        help="device: each device adds sigma*C (mode a, what docs/BENCHMARKS.md reports)")
     parser.add_argument("--top", action="store_true",
                         help="take the users with the most events (default: a seeded random draw, so cold-start users appear)")
     parser.add_argument("--out", default="out/bench-federation-foursquare")
