@@ -132,7 +132,20 @@ def load_slim_model(folder: str | Path, verify: bool = True) -> tuple[nn.Module,
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    del state
+    _release_freed_memory()
     return model, manifest
+
+
+def _release_freed_memory() -> None:
+    """Hand the loader's freed temporaries back to the OS (glibc keeps them otherwise)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def load_slim(folder: str | Path, name: str | None = None) -> BaseModel:

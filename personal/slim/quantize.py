@@ -180,7 +180,7 @@ class Int8Linear(QuantLinearBase):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:  # noqa: D107
         super().__init__(in_features, out_features, bias)
-        self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(out_features))
         self._packed = None
 
@@ -234,7 +234,7 @@ class Int4Linear(QuantLinearBase):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 32) -> None:  # noqa: D107
         super().__init__(in_features, out_features, bias)
         self.group_size = group_size
-        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8))
         self.register_buffer("scales_zeros", torch.zeros(in_features // group_size, out_features, 2))
         self._packed = None
         self._sz_bf16 = None
@@ -287,7 +287,7 @@ class Int8Embedding(nn.Embedding):
         nn.Module.__init__(self)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse = None, 2.0, False, False
-        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("qweight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8))
         self.register_buffer("scale", torch.ones(num_embeddings))
 
     @classmethod
