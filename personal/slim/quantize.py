@@ -27,6 +27,7 @@ from torch import nn
 from privacy.errors import HomebodyError
 
 INT8, INT4 = "int8", "int4"
+INT8_WEIGHT_ONLY = "int8-wo"
 SCHEMES = (INT8, INT4)
 
 
@@ -39,12 +40,16 @@ class QuantConfig:
     """What to quantize. ``scheme`` applies to the Linear layers of the blocks; the token
     embedding (and an LM head tied to it) is int8 when ``embeddings`` is set; ``skip`` names
     modules (suffix match) kept in float. 4-bit layers whose width does not fit ``group_size``
-    fall back to int8, and the layout says so."""
+    fall back to int8, and the layout says so. ``weight_only`` names int8 layers (suffix match)
+    that keep float activations."""
 
     scheme: str = INT8
     group_size: int = 32
     embeddings: bool = True
     skip: tuple[str, ...] = field(default_factory=tuple)
+    # int8 layers whose INPUT has outlier channels keep float activations (weight-only int8):
+    # quantizing the MLP's intermediate activations cost SmolLM2 most of its perplexity increase.
+    weight_only: tuple[str, ...] = ("down_proj",)
 
     def validate(self) -> None:
         """Raise ``QuantizationError`` on an unknown scheme or a bad group size."""
@@ -226,6 +231,29 @@ class Int8Linear(QuantLinearBase):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
 
+class Int8WeightOnlyLinear(Int8Linear):
+    """int8 weights, float activations: PyTorch's weight-only int8 kernel for a few rows
+    (decoding), a dequantized dense matmul for many (prefill, training)."""
+
+    scheme = INT8_WEIGHT_ONLY
+    DENSE_ROWS = 16
+
+    def repack(self) -> "Int8WeightOnlyLinear":
+        self._packed = True  # nothing to pack: the kernel reads qweight/scale directly
+        return self
+
+    def kernel(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float().contiguous()
+        if x2.shape[0] > self.DENSE_ROWS:
+            y = nn.functional.linear(x2, self.dequantized())
+        else:
+            y = torch._weight_int8pack_mm(x2, self.qweight, self.scale.float())
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+
+
 class Int4Linear(QuantLinearBase):
     """4-bit group-wise weights; PyTorch's CPU int4 weight-only kernel (bf16 activations)."""
 
@@ -357,6 +385,9 @@ def quantize_model(model: nn.Module, cfg: QuantConfig) -> dict[str, str]:
         if cfg.scheme == INT4 and name != head_name and Int4Linear.fits(mod, cfg.group_size):
             _set_module(model, name, Int4Linear.from_float(mod, cfg.group_size))
             layout[name] = f"int4/g{cfg.group_size}"
+        elif _skipped(name, cfg.weight_only):
+            _set_module(model, name, Int8WeightOnlyLinear.from_float(mod))
+            layout[name] = INT8_WEIGHT_ONLY
         else:
             _set_module(model, name, Int8Linear.from_float(mod))
             layout[name] = INT8
@@ -375,6 +406,8 @@ def skeleton_from_layout(model: nn.Module, layout: dict[str, str]) -> None:
             new: nn.Module = Int8Embedding(old.num_embeddings, old.embedding_dim, old.padding_idx)
         elif kind == INT8:
             new = Int8Linear(old.in_features, old.out_features, old.bias is not None)
+        elif kind == INT8_WEIGHT_ONLY:
+            new = Int8WeightOnlyLinear(old.in_features, old.out_features, old.bias is not None)
         elif kind.startswith("int4/g"):
             new = Int4Linear(old.in_features, old.out_features, old.bias is not None, int(kind[len("int4/g"):]))
         else:

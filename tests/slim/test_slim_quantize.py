@@ -14,6 +14,7 @@ from personal.slim.quantize import (
     Int4Linear,
     Int8Embedding,
     Int8Linear,
+    Int8WeightOnlyLinear,
     QuantConfig,
     QuantizationError,
     QuantLinearBase,
@@ -47,12 +48,13 @@ def test_int8_and_int4_layers_match_float():
     lin = torch.nn.Linear(64, 48, bias=True)
     x = torch.randn(7, 64)
     ref = lin(x)
-    for layer, tol in ((Int8Linear.from_float(lin), 0.05), (Int4Linear.from_float(lin, 32), 0.15)):
+    for layer, tol in ((Int8Linear.from_float(lin), 0.05), (Int8WeightOnlyLinear.from_float(lin), 0.02),
+                       (Int4Linear.from_float(lin, 32), 0.15)):
         assert layer.qweight.dtype in (torch.int8, torch.uint8)
         assert not list(layer.parameters())  # frozen: nothing for an optimiser to touch
         rel = (layer(x) - ref).abs().max() / ref.abs().max()
         assert rel < tol, (type(layer).__name__, float(rel))
-        # many rows take the dense path for int4: same answer as the few-row kernel
+        # many rows take the dense path (int4, weight-only int8): same answer as the few-row kernel
         assert torch.allclose(layer(x.repeat(4, 1))[:7], layer(x), atol=0.05)
     q, sz = quantize_int4(lin.weight, 32)
     assert q.shape == (48, 32) and q.dtype == torch.uint8
@@ -122,7 +124,8 @@ def test_plain_int8_kernel_cuts_the_graph_which_the_custom_backward_fixes(tiny_c
 
     def grads(plain: bool) -> dict[str, float]:
         q = copy.deepcopy(tiny_causal.model)
-        quantize_model(q, QuantConfig())
+        # All layers on the dynamic kernel (the weight-only kernel at least raises under autograd).
+        quantize_model(q, QuantConfig(weight_only=()))
         params = _with_lora(q, targets=("q_proj", "v_proj"))
         with monkeypatch.context() as m:
             if plain:
