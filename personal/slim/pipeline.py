@@ -20,7 +20,7 @@ from personal.models import BaseModel
 from personal.slim.distil import DistilConfig, distil, perplexity
 from personal.slim.manifest import SlimError, SlimManifest, is_slim_folder
 from personal.slim.prune import PruneConfig, prune_model
-from personal.slim.quantize import INT4, INT8, QuantConfig, quantize_model
+from personal.slim.quantize import CALIBRATION, INT4, INT8, QuantConfig, quantize_model, smooth_mlp
 
 Progress = Callable[[str, int, int], None]
 
@@ -110,12 +110,16 @@ def run_slim(base: BaseModel, cfg: SlimConfig, *, teacher: BaseModel | None = No
         steps.append(entry)
     layout: dict[str, str] = {}
     if cfg.quantize:
+        smoothed = 0
+        if cfg.quantize == INT8:  # activations are int8 too: move their outliers into the weights first
+            calib = list((calibration or texts or [])[:16]) or list(CALIBRATION)
+            smoothed = smooth_mlp(model, base.tokenizer, calib)
         layout = quantize_model(model, QuantConfig(scheme=cfg.quantize, group_size=cfg.group_size))
         kinds: dict[str, int] = {}
         for kind in layout.values():
             kinds[kind.split(":")[0]] = kinds.get(kind.split(":")[0], 0) + 1
         entry = {"step": "quantize", "scheme": cfg.quantize, "group_size": cfg.group_size if cfg.quantize == INT4 else None,
-                 "layers": kinds}
+                 "layers": kinds, "smoothed_mlp_blocks": smoothed}
         if measure:
             entry["heldout_perplexity"] = {"before": ppl, "after": measure(model)}
         steps.append(entry)
