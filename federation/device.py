@@ -77,8 +77,12 @@ class RoundResult:
 
 
 @functools.lru_cache(maxsize=4)
-def shared_base(name: str) -> "BaseModel":
-    """The frozen base, loaded once per process (every virtual device in it shares it)."""
+def shared_base(name: str, lora_r: int = FederationConfig.lora_r) -> "BaseModel":
+    """The frozen base, loaded once per process and LoRA rank (every virtual device in it shares it).
+
+    Keyed by rank too: training wraps a loaded base with LoRA once, so two federations with
+    different ranks in one process (tests, benchmarks) each need their own copy.
+    """
     from personal.models import load_base
 
     return load_base(name)

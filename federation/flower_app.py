@@ -277,7 +277,7 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
     def _global(msg: "Message") -> tuple[FederationConfig, Any, Any, int]:
         raw = msg.content["config"]
         cfg = FederationConfig.from_record(raw)
-        base = dev.shared_base(cfg.base)
+        base = dev.shared_base(cfg.base, cfg.lora_r)
         if str(raw.get("base-sha256", base.weights_sha256)) != base.weights_sha256:
             raise FederationSetupError(f"server's base {cfg.base} differs from this device's copy")
         adapter = dev.adapter_from_arrays(base, record_to_arrays(msg.content["arrays"]), list(raw["labels"]), cfg)
@@ -606,7 +606,7 @@ def make_server_app(setup: ServerSetup | None = None, sink: list | None = None):
     @app.main()
     def main(grid, context) -> None:
         chosen = setup or ServerSetup.from_run_config(dict(context.run_config))
-        base = dev.shared_base(chosen.config.base)
+        base = dev.shared_base(chosen.config.base, chosen.config.lora_r)
         initial = dev.initial_adapter(base, chosen.labels, chosen.config)
         strategy = HomebodyStrategy(chosen.config, chosen.labels, base.weights_sha256, initial.tensors, chosen.config.seed)
         history = strategy.start(grid, chosen.config.rounds, chosen.config.round_timeout_s)

@@ -71,7 +71,7 @@ def make_secagg_client_app(source: DeviceSource):
 
         def fit(self, parameters, config):
             cfg = FederationConfig.from_record(config)
-            base = dev.shared_base(cfg.base)
+            base = dev.shared_base(cfg.base, cfg.lora_r)
             names, labels = str(config["names"]).split(","), str(config["labels"]).split(",")
             adapter = dev.adapter_from_arrays(base, dict(zip(names, parameters)), labels, cfg)
             handle = source.open(self.context)
@@ -143,7 +143,7 @@ def make_secagg_server_app(setup: ServerSetup, sink: list | None = None):
 
     @app.main()
     def main(grid, context) -> None:
-        base = dev.shared_base(cfg.base)
+        base = dev.shared_base(cfg.base, cfg.lora_r)
         strategy = SecAggFedAvg(dev.initial_adapter(base, labels, cfg).tensors)
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
         workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(

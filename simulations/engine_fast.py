@@ -108,7 +108,7 @@ class FastEngine:
         self.cfg, self.devices, self.labels = cfg, list(devices), list(labels)
         self.tick = tick or (lambda n: None)
         self.fcfg = federation_config(cfg, len(self.devices), len(self.labels))
-        self.base = shared_base(cfg.model)
+        self.base = shared_base(cfg.model, self.fcfg.lora_r)
         self.pm = wrap(self.base, lora_settings(self.fcfg))
         # A caller running several configurations on the same devices may share one cache.
         self.own_cache = cache is None
