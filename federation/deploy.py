@@ -182,12 +182,16 @@ class Processes:
             except subprocess.TimeoutExpired:
                 pass
         # Flower detaches some children into their own sessions (flower-superexec, app processes):
-        # find them by the marker in their environment and end them too.
-        for pid in self.leftovers():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # find them by the marker in their environment and end them too. Repeat until none is
+        # left: a SIGKILLed process takes a moment to die, and one may have spawned another.
+        deadline = time.time() + 15.0
+        while (pids := self.leftovers()) and time.time() < deadline:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
         for handle in self._logs:
             handle.close()
 
