@@ -44,6 +44,9 @@ def plot_accuracy_per_round(results: dict, path: Path) -> Path:
         if base.get(key) is not None:
             ax.axhline(base[key], linestyle=style, color="grey" if key.startswith("most") else "black", label=name)
     ax.set_xlabel("round")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_ylabel("top-1 accuracy (held-out events)")
     ax.set_title(f"{results.get('config', {}).get('dataset', '')}: accuracy per round")
     ax.set_ylim(0, 1)
