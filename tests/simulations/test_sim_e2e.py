@@ -4,29 +4,14 @@ Ctrl-C, and the fast engine agreeing with the Flower engine."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from simulations.runner import ROUND_KEYS, SimulationConfig, load_results, run_simulation
 
+from tests.cli_support import run_homebody
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `homebody` in-process through its console entry: (exit code, stdout, stderr)."""
-    from simulations.cli import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["homebody", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _check_schema(results: dict) -> None:
@@ -42,7 +27,7 @@ def _check_schema(results: dict) -> None:
 
 def test_demo_code_path_writes_results_plots_and_report(monkeypatch, capsys, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, err = _cli(monkeypatch, capsys, "demo", "--skip-vault", "--model", "tiny", "--devices", "4",
+    code, stdout, err = run_homebody(monkeypatch, capsys, "demo", "--skip-vault", "--model", "tiny", "--devices", "4",
                              "--rounds", "2", "--max-events", "80", "--out", str(out))
     assert code == 0, err
     results = load_results(out / "results.json")
@@ -103,7 +88,7 @@ def test_events_file_population_and_malformed_line(monkeypatch, capsys, tmp_path
     good = tmp_path / "my-events.csv"
     good.write_text(HAND_WRITTEN)
     out = tmp_path / "sim"
-    code, stdout, err = _cli(monkeypatch, capsys, "simulate", "--dataset", f"events:{good}", "--model", "tiny",
+    code, stdout, err = run_homebody(monkeypatch, capsys, "simulate", "--dataset", f"events:{good}", "--model", "tiny",
                              "--rounds", "1", "--mode", "local", "--out", str(out))
     assert code == 0, err
     results = load_results(out / "results.json")
@@ -116,7 +101,7 @@ def test_events_file_population_and_malformed_line(monkeypatch, capsys, tmp_path
     lines = HAND_WRITTEN.splitlines()
     lines[4] = "ana,yesterday-ish,coffee,cafe"  # line 5 of the file
     bad.write_text("\n".join(lines) + "\n")
-    code, stdout, err = _cli(monkeypatch, capsys, "simulate", "--dataset", f"events:{bad}", "--model", "tiny",
+    code, stdout, err = run_homebody(monkeypatch, capsys, "simulate", "--dataset", f"events:{bad}", "--model", "tiny",
                              "--out", str(tmp_path / "bad-out"))
     assert code == 1
     assert "line 5" in err and len(err.strip().splitlines()) == 1, err

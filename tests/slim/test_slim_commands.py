@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from personal.events_io import read_events
 from personal.personalize import load_adapter
@@ -12,26 +11,13 @@ from personal.slim.manifest import SlimManifest
 from personal.slim.pipeline import SlimConfig, slim_to_folder
 from personal.vault import Vault, VaultConfig
 
+from tests.cli_support import run_homebody
+
 EVENTS = "\n".join(
     ["user,timestamp,event,place"]
     + [f"ana,2026-03-{d:02d}T07:{m:02d}:00,{ev},{pl}" for d in range(2, 12) for m, ev, pl in
        ((0, "gym", "club"), (30, "coffee", "cafe"), (59, "office", "work"))]
 ) + "\n"
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from simulations.cli import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["homebody", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_personalize_on_a_slim_folder(monkeypatch, capsys, tmp_path):
@@ -45,7 +31,7 @@ def test_personalize_on_a_slim_folder(monkeypatch, capsys, tmp_path):
     with Vault.create(vault, "pw", VaultConfig(fast_kdf=True)) as v:
         v.add_events(read_events(events_file).events)
     monkeypatch.setenv("HOMEBODY_PASSPHRASE", "pw")
-    code, out, err = _cli(monkeypatch, capsys, "personalize", "--vault", str(vault), "--profile", "ana",
+    code, out, err = run_homebody(monkeypatch, capsys, "personalize", "--vault", str(vault), "--profile", "ana",
                           "--model", str(folder), "--noise-multiplier", "1.0", "--epochs", "2")
     assert code == 0, err
     slim = load_base(str(folder))
@@ -60,7 +46,7 @@ def test_simulate_on_a_slim_name(monkeypatch, capsys, tmp_path):
     events = tmp_path / "events.csv"
     events.write_text(EVENTS.replace("ana,", "ben,", 15) + EVENTS.split("\n", 1)[1])
     out = tmp_path / "sim"
-    code, stdout, err = _cli(monkeypatch, capsys, "simulate", "--dataset", f"events:{events}", "--model", "tiny:int8",
+    code, stdout, err = run_homebody(monkeypatch, capsys, "simulate", "--dataset", f"events:{events}", "--model", "tiny:int8",
                              "--rounds", "1", "--mode", "local", "--out", str(out))
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from personal.vault import Event, Vault, VaultConfig
+from tests.cli_support import run_homebody
 
 PASS = "test passphrase"
 FAST = VaultConfig(fast_kdf=True)
@@ -80,22 +81,11 @@ def run_cli(monkeypatch, capsys):
     """Run `homebody` in-process through its console entry (`main`): returns (exit code, stdout, stderr)."""
 
     def run(*args: str, passphrase: str | None = PASS) -> tuple[int, str, str]:
-        from simulations.cli import main
-
         monkeypatch.delenv("HOMEBODY_VAULT", raising=False)
         if passphrase is None:
             monkeypatch.delenv("HOMEBODY_PASSPHRASE", raising=False)
         else:
             monkeypatch.setenv("HOMEBODY_PASSPHRASE", passphrase)
-        monkeypatch.setenv("COLUMNS", "200")
-        monkeypatch.setattr(sys, "argv", ["homebody", *args])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return run_homebody(monkeypatch, capsys, *args)
 
     return run
