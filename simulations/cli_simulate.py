@@ -13,8 +13,10 @@ def simulate(
     dataset: str = typer.Option("synthetic", "--dataset", help="synthetic | foursquare-nyc | shakespeare | events:PATH"),
     devices: Optional[int] = typer.Option(50, "--devices", help="Keep the N devices with the most events (all if larger)."),
     sample: bool = typer.Option(False, "--sample", help="Draw the N devices at random (seeded) instead of the N largest."),
+    cold_start: int = typer.Option(0, "--cold-start", help="Include this many cold-start devices (<= 20 events) in the selection."),
     rounds: int = typer.Option(5, "--rounds", help="Federated rounds (local mode: local training passes)."),
     devices_per_round: Optional[int] = typer.Option(None, "--devices-per-round", help="Devices sampled per round (default: all)."),
+    evaluate_all: bool = typer.Option(False, "--evaluate-all", help="With --devices-per-round: the last round evaluates every device."),
     epsilon: float = typer.Option(8.0, "--epsilon", help="Privacy target per device for the whole run."),
     delta: float = typer.Option(1e-5, "--delta", help="Privacy delta."),
     non_private: bool = typer.Option(False, "--non-private", help="Turn DP off (comparison only; marked NON-PRIVATE everywhere)."),
@@ -34,7 +36,8 @@ def simulate(
 
     data_dir = getattr(getattr(ctx, "obj", None), "data_dir", None)
     cfg = SimulationConfig(
-        dataset=dataset, devices=devices, sample=sample, rounds=rounds, devices_per_round=devices_per_round,
+        dataset=dataset, devices=devices, sample=sample, cold_start_devices=cold_start, rounds=rounds,
+        devices_per_round=devices_per_round, evaluate_all=evaluate_all,
         epsilon=epsilon, delta=delta, non_private=non_private, model=model, engine=engine, mode=mode,
         federation_mode=federation_mode,
         out=str(out), seed=seed, synthetic_devices=synthetic_devices, max_events=max_events, threads=threads,

@@ -192,7 +192,11 @@ class FastEngine:
         spec = spec_of(self.global_adapter.tensors)
         outcome = aggregate(self.global_adapter.tensors, updates, spec, self.fcfg, r, self.np_rng)
         self.global_adapter = adapter_from_arrays(self.base, outcome.arrays, self.labels, self.fcfg)
-        evals = self._evaluate_federated(cohort, r)
+        evaluated = cohort
+        if self.cfg.evaluate_all and r == self.cfg.rounds:
+            evaluated = self.devices
+            self.encode(evaluated)
+        evals = self._evaluate_federated(evaluated, r)
         extra = {"sampled": len(cohort), "accepted": len(outcome.accepted), "rejected": len(outcome.rejected),
                  "declined": sum(1 for d in cohort if self.state[d.user].declined), "devices_evaluated": len(evals),
                  "global_top5": _mean([e["global-top5"] for e in evals])}
@@ -331,3 +335,5 @@ def check_engine(cfg: SimulationConfig) -> None:
     """Settings the engines cannot run."""
     if cfg.engine == "flower" and cfg.mode != "federated":
         raise BadSimulationConfig("--engine flower runs federated rounds only; use --engine fast for --mode local")
+    if cfg.engine == "flower" and cfg.evaluate_all:
+        raise BadSimulationConfig("--evaluate-all needs --engine fast (Flower's ServerApp evaluates the sampled cohort)")

@@ -297,27 +297,48 @@ def load_population(name: str, *, data_dir: str | Path | None = None, synthetic_
 
 
 def select_devices(pop: Population, n: int | None, *, sample: bool = False, seed: int = 0,
-                   min_events: int = 2) -> Population:
+                   min_events: int = 2, cold_start: int = 0) -> Population:
     """Keep `n` devices: the n with the most events (ties by user id), or a seeded random draw.
 
     Devices with fewer than `min_events` events (nothing to train on and hold out) are dropped first.
+    `cold_start` > 0 guarantees that many cold-start devices (see `group_of`) among the n, drawn at
+    random (seeded); the other n - cold_start come from the remaining devices by the rule above.
+    Use it to study cold-start users, whom a top-n selection never contains.
     """
     eligible = [d for d in pop.devices if len(d) >= min_events]
     if not eligible:
         raise EmptyPopulation(f"{pop.name}: no device has at least {min_events} events")
     if n is not None and n < 1:
         raise EmptyPopulation(f"--devices must be at least 1 (got {n})")
-    if n is None or n >= len(eligible):
-        chosen = sorted(eligible, key=lambda d: (-len(d), d.user))
+    if cold_start:
+        cold = [d for d in eligible if group_of(d) == "cold-start"]
+        if cold_start < 0 or cold_start > len(cold) or (n is not None and cold_start > n):
+            raise EmptyPopulation(f"--cold-start {cold_start}: {pop.name} has {len(cold)} cold-start devices "
+                                  f"(<= {COLD_START_MAX} events or generated as such) and --devices is {n}")
+        rng = random.Random(seed)
+        picked = rng.sample(cold, cold_start)
+        taken = {d.user for d in picked}
+        others = [d for d in eligible if d.user not in taken]
+        rest = len(others) if n is None else min(n - cold_start, len(others))
+        chosen = picked + (rng.sample(others, rest) if sample else _largest_first(others)[:rest])
+    elif n is None or n >= len(eligible):
+        chosen = _largest_first(eligible)
     elif sample:
         chosen = random.Random(seed).sample(eligible, n)
     else:
-        chosen = sorted(eligible, key=lambda d: (-len(d), d.user))[:n]
+        chosen = _largest_first(eligible)[:n]
     routines = {d.user: pop.routines[d.user] for d in chosen if d.user in pop.routines}
     return Population(pop.name, chosen, routines, pop.description)
 
 
-def group_of(device: Device, cold_start_max: int = 20) -> str:
+COLD_START_MAX = 20  # a device with at most this many events is "cold-start"
+
+
+def _largest_first(devices: list[Device]) -> list[Device]:
+    return sorted(devices, key=lambda d: (-len(d), d.user))
+
+
+def group_of(device: Device, cold_start_max: int = COLD_START_MAX) -> str:
     """'cold-start' for devices with few events (or generated as such), else 'rest'."""
     return "cold-start" if device.cold_start or len(device) <= cold_start_max else "rest"
 

@@ -35,8 +35,12 @@ class SimulationConfig:
     dataset: str = "synthetic"
     devices: Optional[int] = 50
     sample: bool = False
+    cold_start_devices: int = 0  # guarantee this many cold-start devices (<= 20 events) in the selection
     rounds: int = 5
     devices_per_round: Optional[int] = None  # None: all devices every round
+    # With a sampled cohort each round evaluates only its cohort; this makes the LAST round evaluate
+    # every device (federated: each fine-tunes the final global adapter), so `final` covers everyone.
+    evaluate_all: bool = False
     epsilon: float = 8.0  # target per device for the whole run (user-level when federated, record-level when local)
     delta: float = 1e-5
     non_private: bool = False
@@ -79,6 +83,8 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--rounds must be at least 1 (got {self.rounds})")
         if self.devices is not None and self.devices < 1:
             raise BadSimulationConfig(f"--devices must be at least 1 (got {self.devices})")
+        if self.cold_start_devices < 0:
+            raise BadSimulationConfig(f"--cold-start must be 0 or more (got {self.cold_start_devices})")
         if self.devices_per_round is not None and self.devices_per_round < 1:
             raise BadSimulationConfig(f"--devices-per-round must be at least 1 (got {self.devices_per_round})")
         if not self.non_private and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
@@ -329,7 +335,7 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     t_start = time.perf_counter()
     interrupted = False
     pop = load_population(cfg.dataset, data_dir=cfg.data_dir, synthetic_devices=cfg.synthetic_devices, seed=cfg.seed)
-    pop = select_devices(pop, cfg.devices, sample=cfg.sample, seed=cfg.seed)
+    pop = select_devices(pop, cfg.devices, sample=cfg.sample, seed=cfg.seed, cold_start=cfg.cold_start_devices)
     if len(pop.labels()) < 2:
         # e.g. shakespeare: every event is a text "line"; its text personalization has no next-event metric here
         raise BadSimulationConfig(f"{pop.name}: fewer than 2 distinct events, so there is no next event to predict "

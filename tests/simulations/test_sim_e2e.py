@@ -108,6 +108,18 @@ def test_events_file_population_and_malformed_line(monkeypatch, capsys, tmp_path
     assert not (tmp_path / "bad-out" / "results.json").exists()
 
 
+def test_evaluate_all_scores_every_device_after_sampled_rounds(tmp_path):
+    """Two of five devices per round; --evaluate-all makes the last round score all five."""
+    cfg = SimulationConfig(dataset="synthetic", synthetic_devices=5, devices=5, rounds=2, devices_per_round=2,
+                           evaluate_all=True, model="tiny", max_events=40, out=str(tmp_path))
+    res = run_simulation(cfg)
+    _check_schema(res)
+    assert [r["sampled"] for r in res["rounds"]] == [2, 2]
+    assert [r["devices_evaluated"] for r in res["rounds"]] == [2, 5]
+    assert all(d["top1"] is not None for d in res["devices"])
+    assert sum(d["rounds"] for d in res["devices"]) == 4  # only the cohorts trained and released
+
+
 def test_ctrl_c_leaves_a_consistent_partial_result(monkeypatch, tmp_path):
     from simulations.engine_fast import FastEngine
 

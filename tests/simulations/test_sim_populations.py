@@ -10,6 +10,7 @@ from simulations.populations import (
     SyntheticConfig,
     UnknownDataset,
     foursquare_nyc,
+    group_of,
     load_population,
     select_devices,
     shakespeare,
@@ -54,6 +55,21 @@ def test_selection_takes_the_largest_devices_deterministically():
     assert len(select_devices(pop, 1000).devices) == 20
     with pytest.raises(EmptyPopulation):
         select_devices(pop, 0)
+
+
+def test_cold_start_draw_guarantees_the_cold_start_group():
+    pop = synthetic(SyntheticConfig(devices=40, seed=3))
+    cold = [d for d in pop.devices if group_of(d) == "cold-start"]
+    assert len(cold) >= 3 and not any(group_of(d) == "cold-start" for d in select_devices(pop, 10).devices)
+    for sample in (False, True):
+        drawn = select_devices(pop, 10, sample=sample, seed=5, cold_start=3)
+        groups = [group_of(d) for d in drawn.devices]
+        assert len(drawn.devices) == 10 and len({d.user for d in drawn.devices}) == 10
+        assert groups.count("cold-start") >= 3
+        again = select_devices(pop, 10, sample=sample, seed=5, cold_start=3)
+        assert [d.user for d in again.devices] == [d.user for d in drawn.devices]
+    with pytest.raises(EmptyPopulation, match="cold-start devices"):
+        select_devices(pop, 10, cold_start=len(cold) + 1)
 
 
 def test_unknown_dataset_is_one_clear_error():

@@ -32,7 +32,7 @@ def _results(cfg: SimulationConfig) -> dict:
 
 def test_config_validation_is_one_typed_error():
     for bad in (dict(engine="warp"), dict(mode="both"), dict(rounds=0), dict(devices=0), dict(epsilon=-1.0),
-                dict(delta=2.0), dict(devices_per_round=0)):
+                dict(delta=2.0), dict(devices_per_round=0), dict(cold_start_devices=-1)):
         with pytest.raises(BadSimulationConfig) as info:
             SimulationConfig(**bad).validate()
         assert isinstance(info.value, HomebodyError)
