@@ -23,7 +23,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping, Sequence
 
 import numpy as np
 
@@ -266,6 +266,22 @@ class PersonalModel:
             for i in range(0, len(ids), batch):
                 out.append(self.module.lower(ids[i:i + batch], mask[i:i + batch], self.start))
         return torch.cat(out) if out else torch.zeros(0)
+
+    def use_feature_store(self, store: MutableMapping, max_entries: int | None = None) -> None:
+        """Memoise lower-layer features in ``store`` (say, a disk-spilling cache shared by many
+        devices on one base) instead of the small in-memory memo; ``None`` means no entry limit."""
+        self._memo = store
+        self.memo_size = max_entries if max_entries is not None else 1 << 62
+
+    def has_features(self, texts: Sequence[str], max_length: int) -> bool:
+        """Are ``texts``' lower-layer features memoised already?"""
+        return (max_length, tuple(texts)) in self._memo
+
+    def put_features(self, texts: Sequence[str], max_length: int, ids: "torch.Tensor", mask: "torch.Tensor",
+                     hidden: "torch.Tensor") -> None:
+        """Memoise features computed elsewhere (e.g. batched across devices); they must equal
+        what ``encode(texts, max_length)`` would compute."""
+        self._memo[(max_length, tuple(texts))] = (ids, mask, hidden)
 
     def encode(self, texts: Sequence[str], max_length: int) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
         """(ids, mask, lower-layer features) for ``texts``, memoised (the last ``memo_size`` lists)."""

@@ -215,8 +215,7 @@ class FeatureCache(MutableMapping):
 
 def attach_feature_cache(pm, cache: FeatureCache) -> None:
     """Let the shared PersonalModel memoise lower-layer features in `cache` (no size limit of its own)."""
-    pm._memo = cache
-    pm.memo_size = 1 << 62
+    pm.use_feature_store(cache)
 
 
 def encode_all(pm, text_lists: Sequence[list[str]], max_length: int, chunk: int = 256,
@@ -240,15 +239,15 @@ def encode_all(pm, text_lists: Sequence[list[str]], max_length: int, chunk: int 
             n = len(texts)
             m = mask[row:row + n]
             width = int(m.sum(dim=1).max()) if n else 0
-            pm._memo[(max_length, tuple(texts))] = (ids[row:row + n, :width].clone(), m[:, :width].clone(),
-                                                    hidden[row:row + n, :width].clone())
+            pm.put_features(texts, max_length, ids[row:row + n, :width].clone(), m[:, :width].clone(),
+                            hidden[row:row + n, :width].clone())
             row += n
         if progress:
             progress(len(pending))
         pending.clear()
 
     for texts in text_lists:
-        if not texts or (max_length, tuple(texts)) in pm._memo:
+        if not texts or pm.has_features(texts, max_length):
             if progress:
                 progress(1)
             continue
