@@ -6,6 +6,7 @@ torch/transformers are imported inside the commands (``homebody --help`` stays i
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -123,10 +124,14 @@ def ask(
     profile: str = typer.Option(..., "--profile"),
     model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    save: Optional[Path] = typer.Option(None, "--save", help="Also write the labelled answer to FILE and its signed manifest to FILE.manifest.json."),
     vault: VaultPath = None,
     key_file: KeyFile = None,
 ) -> None:
-    """Answer a question in the owner's context; the answer carries the AI-generated label."""
+    """Answer a question in the owner's context; the answer carries the AI-generated label.
+
+    `--save FILE` keeps the answer with its signed manifest (check it with `homebody label verify FILE`).
+    """
     from personal.models import load_base
     from personal.predict import ask as run
 
@@ -134,7 +139,10 @@ def ask(
         out = run(v, profile, question, load_base(model), max_new_tokens=max_new_tokens)
     for note in out.notes:
         err_console.print(f"[yellow]{note}[/]")
-    console.print(str(out.labelled), highlight=False, markup=False)
+    console.print(str(out.labelled), highlight=False, markup=False, soft_wrap=True)
+    if save is not None:
+        text_path, manifest_path = out.labelled.save(save)
+        err_console.print(f"saved {text_path} and its signed manifest {manifest_path}")
     err_console.print(f"[dim]{out.new_tokens} tokens in {out.seconds:.1f} s ({out.tokens_per_s:.1f} tokens/s)[/]")
 
 

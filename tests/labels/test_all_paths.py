@@ -121,17 +121,26 @@ def test_path_predict_ask(api_vault, tiny_causal):
     _check(str(out.labelled), out.labelled.manifest, public)
 
 
-def test_path_cli_ask(api_vault, monkeypatch):
+def test_path_cli_ask(api_vault, monkeypatch, tmp_path):
     from simulations.cli import app
     from tests.api.conftest import PASSPHRASE, PROFILE
 
     monkeypatch.setenv("HOMEBODY_PASSPHRASE", PASSPHRASE)
+    saved = tmp_path / "answer.txt"
     with one_thread():
         res = CliRunner().invoke(app, ["ask", "what do I do on mondays?", "--profile", PROFILE, "--model", "tiny-causal",
-                                       "--max-new-tokens", str(TOKENS), "--vault", str(api_vault)])
+                                       "--max-new-tokens", str(TOKENS), "--vault", str(api_vault), "--save", str(saved)])
     assert res.exit_code == 0, res.output
-    # The CLI prints the labelled text (its manifest stays in the library's return value).
     assert res.stdout.lstrip().startswith(DEFAULT_WORDING["en"])
+    # --save keeps the answer with its signed manifest, which `homebody label verify` accepts
+    assert saved.read_text(encoding="utf-8") == res.stdout.strip()
+    from personal.vault import Vault
+
+    with Vault.open(api_vault, PASSPHRASE) as v:
+        public = v.public_key()
+    _check(saved.read_text(encoding="utf-8"), json.loads((tmp_path / "answer.txt.manifest.json").read_text()), public)
+    res = CliRunner().invoke(app, ["label", "verify", str(saved)])
+    assert res.exit_code == 0 and "valid" in res.stdout, res.output
 
 
 def test_path_assistant_ask_and_chat(api_vault):
