@@ -132,6 +132,16 @@ class DeviceHandle:
     gate: "ReleaseGate | None" = None
     profile: str = "default"
     close: Callable[[], None] = lambda: None
+    # Which seeded noise stream the device draws from when the federation has a seed. None: its
+    # Flower node id. Simulations give the device's index, so every engine draws the same noise.
+    noise_stream: int | None = None
+
+    def noise_rng(self, seed: int | None, server_round: int, node_id: int) -> np.random.Generator:
+        """The device's noise generator for one round: OS entropy without a seed, else seeded."""
+        if seed is None:
+            return np.random.default_rng()
+        stream = self.noise_stream if self.noise_stream is not None else node_id % (2**32)
+        return np.random.default_rng([seed, server_round, stream])
 
 
 class DeviceSource(Protocol):
@@ -160,12 +170,13 @@ class PopulationSource:
     def open(self, context: "Context") -> DeviceHandle:
         from federation.device import split_examples
 
-        device = self.devices[int(context.node_config["partition-id"]) % len(self.devices)]
+        index = int(context.node_config["partition-id"]) % len(self.devices)
+        device = self.devices[index]
         train, test = split_examples(device.examples, self.holdout)
         gate, close = (None, lambda: None)
         if self.ledger_dir:
             gate, close = _sim_gate(Path(self.ledger_dir), device.device_id, self.epsilon_cap)
-        return DeviceHandle(device.device_id, train, test, gate, device.device_id, close)
+        return DeviceHandle(device.device_id, train, test, gate, device.device_id, close, noise_stream=index)
 
 
 def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple["ReleaseGate", Callable[[], None]]:
@@ -288,7 +299,7 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
         cfg, base, adapter, rnd = _global(msg)
         handle = source.open(context)
         try:
-            rng = np.random.default_rng(None if cfg.seed is None else [cfg.seed, rnd, context.node_id % (2**32)])
+            rng = handle.noise_rng(cfg.seed, rnd, context.node_id)
             observe = audit.for_round(handle.device_id, rnd) if audit else None
             round_ctx = dev.DeviceRound(handle.device_id, rnd, float(msg.content["config"].get("sample-rate", 1.0)),
                                         handle.gate, handle.profile, rng, observe, seed=(cfg.seed or 0) + rnd)

@@ -77,7 +77,7 @@ def make_secagg_client_app(source: DeviceSource):
             handle = source.open(self.context)
             rnd = int(config["server-round"])
             try:
-                rng = np.random.default_rng(None if cfg.seed is None else [cfg.seed, rnd, self.context.node_id % (2**32)])
+                rng = handle.noise_rng(cfg.seed, rnd, self.context.node_id)
                 ctx = dev.DeviceRound(handle.device_id, rnd, float(config["sample-rate"]), handle.gate, handle.profile, rng,
                                       seed=(cfg.seed or 0) + rnd)
                 result = dev.train_round(base, adapter, handle.train, cfg, ctx)

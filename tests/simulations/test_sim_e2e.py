@@ -143,18 +143,23 @@ def test_ctrl_c_leaves_a_consistent_partial_result(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_fast_and_flower_engines_agree(tmp_path):
-    """Same devices, config and seeds through both engines. Without noise the only differences
-    left are the order of float sums and process boundaries, so the metrics must agree closely;
-    with DP on they differ by the noise draws (the noise calibration itself is shared code)."""
-    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", max_events=40,
-                  non_private=True, seed=1)
+@pytest.mark.parametrize("private", [False, True], ids=["non-private", "dp"])
+def test_fast_and_flower_engines_agree(tmp_path, private):
+    """Same devices, config and seeds through both engines. Each device draws its DP noise from
+    the same seeded stream (seed, round, device index) in both, so with DP on as well the only
+    differences left are the order of float sums and process boundaries: the metrics agree closely."""
+    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", max_events=40, seed=1)
+    common.update(dict(epsilon=8.0) if private else dict(non_private=True))
     fast = run_simulation(SimulationConfig(**common, engine="fast", out=str(tmp_path / "fast")))
     flower = run_simulation(SimulationConfig(**common, engine="flower", out=str(tmp_path / "flower")))
     for res in (fast, flower):
         _check_schema(res)
         assert [r["sampled"] for r in res["rounds"]] == [3, 3]
-        assert res["final"]["epsilon_max"] == float("inf") and res["final"]["bytes_up_per_device"] > 0
+        assert res["final"]["bytes_up_per_device"] > 0
+        if private:
+            assert 7.0 < res["final"]["epsilon_max"] <= 8.0 and res["privacy"]["noise_multiplier"] > 0.5
+        else:
+            assert res["final"]["epsilon_max"] == float("inf")
     for key in ("top1", "top5", "global_top1"):
         for r_fast, r_flower in zip(fast["rounds"], flower["rounds"]):
             assert abs(r_fast[key] - r_flower[key]) <= 0.02, (key, r_fast[key], r_flower[key])
