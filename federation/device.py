@@ -10,10 +10,14 @@
 Local training inside a round is plain (not DP-SGD): the user-level guarantee comes from the
 clip + noise applied to the whole update, which covers every record of the device at once.
 
-Accounting: each round a device takes part in is one Gaussian release (noise multiplier sigma,
-sensitivity C) subsampled at the cohort rate q the server announces. That amplification holds
-for whoever sees only the released global adapters; against the server, which chose the cohort,
-set `FederationConfig.amplify = False` (q = 1). See docs/federation.md.
+Accounting: every round of a run is one Gaussian release (noise multiplier sigma, sensitivity C)
+subsampled at the cohort rate q the server announces, for EVERY device of the population, sampled
+or not: amplification by sampling only holds if the rounds a device sat out are charged too. A
+device learns of a round only when it is sampled, so when it takes part in round r it charges the
+rounds since its last charge in this run (`rounds_to_charge`); `settle_run` charges the rounds
+after its last participation once the run is over. That amplification holds for whoever sees only
+the released global adapters; against the server, which chose the cohort, set
+`FederationConfig.amplify = False` (q = 1). See docs/federation.md.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class DeviceRound:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     observe: Callable[[str, Arrays], None] | None = None
     seed: int = 0
+    run: str = ""  # the federation run; "" charges each participation as one round (no catch-up)
 
 
 @dataclass
@@ -118,12 +123,37 @@ def adapter_from_arrays(base: "BaseModel", arrays: Arrays, labels: Sequence[str]
     return Adapter(base.identity(), list(labels), {k: np.asarray(v, np.float32) for k, v in arrays.items()}, lora_settings(config))
 
 
-def round_mechanism(config: FederationConfig, sample_rate: float):
-    """The user-level release of one round, as privacy's accountant sees it."""
+def round_mechanism(config: FederationConfig, sample_rate: float, rounds: int = 1):
+    """The user-level release of `rounds` rounds, as privacy's accountant sees it."""
     from privacy.accountant import SubsampledGaussian
 
     q = sample_rate if config.amplify else 1.0
-    return SubsampledGaussian(noise_multiplier=config.noise_multiplier, sample_rate=min(1.0, max(q, 1e-12)), steps=1)
+    return SubsampledGaussian(noise_multiplier=config.noise_multiplier, sample_rate=min(1.0, max(q, 1e-12)), steps=rounds)
+
+
+def last_charged_round(gate: "ReleaseGate", profile: str, run: str) -> int:
+    """The last round of `run` this device's ledger has charged (0 if none)."""
+    rounds = [int(r.details.get("round", 0)) for r in gate.ledger.records(profile, USER) if r.details.get("run") == run]
+    return max(rounds, default=0)
+
+
+def rounds_to_charge(device: DeviceRound) -> int:
+    """Rounds this participation pays for: every round since the device's last charge in this run."""
+    if not device.run or device.gate is None:
+        return 1
+    return max(1, device.round - last_charged_round(device.gate, device.profile, device.run))
+
+
+def settle_run(gate: "ReleaseGate", profile: str, run: str, rounds: int, config: FederationConfig, sample_rate: float,
+               artefact_sha256: str) -> float:
+    """At the end of a run, charge the rounds after the device's last participation (they released
+    global adapters its data could have been sampled into). Returns the device's user-level epsilon."""
+    owed = rounds - last_charged_round(gate, profile, run)
+    if owed > 0 and config.noise_multiplier > 0:
+        gate.commit(profile, USER, round_mechanism(config, sample_rate, owed), artefact_sha256=artefact_sha256,
+                    mechanism=MECHANISM[config.mode],
+                    details={"round": rounds, "run": run, "rounds_charged": owed, "settlement": True, "mode": config.mode})
+    return float(gate.spent(profile, USER))
 
 
 def train_round(
@@ -137,8 +167,9 @@ def train_round(
     from personal.training import DPConfig, train_adapter
 
     device = device or DeviceRound(device_id="device", round=1)
-    mech = round_mechanism(config, device.sample_rate)
     private = config.noise_multiplier > 0
+    charged = rounds_to_charge(device) if private else 1
+    mech = round_mechanism(config, device.sample_rate, charged)
     if device.gate is not None and private:
         _check_budget(device, mech)
     result = train_adapter(base, examples, global_adapter.labels, train_config(config, config.local_epochs, device.seed),
@@ -153,14 +184,14 @@ def train_round(
     wire = encode(noised, device.rng)
     epsilon = None
     if device.gate is not None and not private:
-        details = {"round": device.round, "mode": config.mode, "federated": True}
+        details = {"round": device.round, "run": device.run, "mode": config.mode, "federated": True}
         device.gate.commit_non_private(device.profile, USER, wire.sha256(), details=details)
         epsilon = float("inf")
     elif device.gate is not None:
         record = device.gate.commit(
             device.profile, USER, mech, artefact_sha256=wire.sha256(), mechanism=MECHANISM[config.mode],
-            details={"round": device.round, "clip_norm": config.clip_norm, "device_sigma": config.device_sigma,
-                     "encoding": config.encoding, "mode": config.mode},
+            details={"round": device.round, "run": device.run, "rounds_charged": charged, "clip_norm": config.clip_norm,
+                     "device_sigma": config.device_sigma, "encoding": config.encoding, "mode": config.mode},
         )
         epsilon = float(record.epsilon)
     return RoundResult(decode(wire), wire, epsilon, raw_norm, len(examples))

@@ -302,7 +302,8 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
             rng = handle.noise_rng(cfg.seed, rnd, context.node_id)
             observe = audit.for_round(handle.device_id, rnd) if audit else None
             round_ctx = dev.DeviceRound(handle.device_id, rnd, float(msg.content["config"].get("sample-rate", 1.0)),
-                                        handle.gate, handle.profile, rng, observe, seed=(cfg.seed or 0) + rnd)
+                                        handle.gate, handle.profile, rng, observe, seed=(cfg.seed or 0) + rnd,
+                                        run=f"flower-run-{context.run_id}")
             try:
                 result = dev.train_round(base, adapter, handle.train, cfg, round_ctx)
             except HomebodyError as exc:  # budget spent, no usable events...: decline and say why
@@ -539,7 +540,7 @@ class HomebodyStrategy:
 
     def history(self) -> FederationHistory:
         q = float(np.mean(self.sample_rates)) if self.sample_rates and self.config.amplify else 1.0
-        rounds = max(self.participations.values(), default=0)
+        rounds = len(self.rounds)  # every round counts for every device, sampled or not (amplification)
         summary = PopulationSummary(
             rounds=len(self.rounds), sample_rate=q, noise_multiplier=self.config.noise_multiplier, delta=self.config.delta,
             epsilon=self._epsilon(rounds), accountant="pld", devices_seen=len(self.node_names),

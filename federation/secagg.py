@@ -79,7 +79,7 @@ def make_secagg_client_app(source: DeviceSource):
             try:
                 rng = handle.noise_rng(cfg.seed, rnd, self.context.node_id)
                 ctx = dev.DeviceRound(handle.device_id, rnd, float(config["sample-rate"]), handle.gate, handle.profile, rng,
-                                      seed=(cfg.seed or 0) + rnd)
+                                      seed=(cfg.seed or 0) + rnd, run=f"flower-run-{self.context.run_id}")
                 result = dev.train_round(base, adapter, handle.train, cfg, ctx)
             finally:
                 handle.close()

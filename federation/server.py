@@ -102,8 +102,9 @@ class PopulationSummary:
     """The server's user-level accounting: every device is covered by the same bound.
 
     Each round is one Gaussian release of a C-bounded per-user update with noise sigma*C,
-    applied to a cohort sampled at rate q. A device that took part in some rounds is
-    covered by epsilon(sigma, q, rounds_so_far); the same bound each device's ledger shows.
+    applied to a cohort sampled at rate q. Every device of the population, sampled or not, is
+    covered by epsilon(sigma, q, rounds run): the bound a device's ledger reaches once it has
+    charged every round (it charges the rounds it sat out when it is next sampled).
     """
 
     rounds: int

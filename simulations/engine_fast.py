@@ -24,6 +24,7 @@ import math
 import random
 import statistics
 import time
+import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -117,6 +118,7 @@ class FastEngine:
         self.state = {d.user: DeviceState() for d in self.devices}
         self.index = {d.user: i for i, d in enumerate(self.devices)}
         self.global_adapter = initial_adapter(self.base, self.labels, self.fcfg) if cfg.mode == "federated" else None
+        self.run_id = f"simulation-{uuid.uuid4().hex[:12]}"  # ledgers charge rounds per run
         self.rng = random.Random(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
         self.participations: dict[str, int] = {}
@@ -169,7 +171,8 @@ class FastEngine:
             st = self.state[d.user]
             with d.open_gate() as (_vault, gate):
                 ctx = DeviceRound(d.user, r, q, None if self.cfg.non_private else gate, d.user,
-                                  np.random.default_rng([self.cfg.seed, r, self.index[d.user]]), seed=self.cfg.seed + r)
+                                  np.random.default_rng([self.cfg.seed, r, self.index[d.user]]), seed=self.cfg.seed + r,
+                                  run=self.run_id)
                 ts = time.perf_counter()
                 try:
                     res = train_round(self.base, self.global_adapter, d.train, self.fcfg, ctx)
@@ -192,6 +195,8 @@ class FastEngine:
         spec = spec_of(self.global_adapter.tensors)
         outcome = aggregate(self.global_adapter.tensors, updates, spec, self.fcfg, r, self.np_rng)
         self.global_adapter = adapter_from_arrays(self.base, outcome.arrays, self.labels, self.fcfg)
+        if r == self.cfg.rounds and not self.cfg.non_private:
+            self._settle(r, q)
         evaluated = cohort
         if self.cfg.evaluate_all and r == self.cfg.rounds:
             evaluated = self.devices
@@ -201,6 +206,16 @@ class FastEngine:
                  "declined": sum(1 for d in cohort if self.state[d.user].declined), "devices_evaluated": len(evals),
                  "global_top5": _mean([e["global-top5"] for e in evals])}
         return self._round_result(r, evals, nbytes, extra)
+
+    def _settle(self, rounds: int, q: float) -> None:
+        """After the last round every device's ledger charges the rounds it sat out since its last
+        participation, so each shows the run's full user-level epsilon (see federation.device)."""
+        from federation.device import settle_run
+
+        digest = self.global_adapter.sha256()
+        for d in self.devices:
+            with d.open_gate() as (_vault, gate):
+                self.state[d.user].epsilon = settle_run(gate, d.user, self.run_id, rounds, self.fcfg, q, digest)
 
     def _evaluate_federated(self, cohort: Sequence[SimDevice], r: int) -> list[dict]:
         """Each evaluated device scores the new global adapter and its personalised fine-tune of it."""
@@ -275,7 +290,7 @@ class FastEngine:
 
     # -- shared ---------------------------------------------------------------------------
     def _round_result(self, r: int, evals: list[dict], nbytes: list[int], extra: dict) -> RoundResult:
-        eps = [s.epsilon for s in self.state.values() if s.rounds > 0]
+        eps = [s.epsilon for s in self.state.values() if s.rounds > 0 or s.epsilon > 0]
         e_max, e_med = epsilon_stats(eps)
         return RoundResult(
             round=r, top1=_mean([e["top1"] for e in evals]), top5=_mean([e["top5"] for e in evals]),

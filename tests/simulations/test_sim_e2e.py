@@ -118,6 +118,10 @@ def test_evaluate_all_scores_every_device_after_sampled_rounds(tmp_path):
     assert [r["devices_evaluated"] for r in res["rounds"]] == [2, 5]
     assert all(d["top1"] is not None for d in res["devices"])
     assert sum(d["rounds"] for d in res["devices"]) == 4  # only the cohorts trained and released
+    # ...but every device's ledger is charged the whole run (2 rounds at q = 2/5), sampled or not
+    eps = [d["epsilon"] for d in res["devices"]]
+    assert 7.5 < min(eps) and max(eps) - min(eps) < 1e-6 and max(eps) <= 8.0
+    assert res["final"]["epsilon_median"] == pytest.approx(res["final"]["epsilon_max"])
 
 
 def test_ctrl_c_leaves_a_consistent_partial_result(monkeypatch, tmp_path):
