@@ -121,7 +121,8 @@ def main() -> None:
     p.add_argument("--devices-per-round", type=int, default=None, help="federated cohort size (default: all)")
     p.add_argument("--local-rounds", type=int, default=None, help="local-only DP-SGD passes (default: --rounds)")
     p.add_argument("--max-events", type=int, default=60)
-    p.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
+    p.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 3.0, 8.0],
+                   help="private runs' targets (the non-private run is always added; give none to run only it)")
     p.add_argument("--modes", nargs="+", default=["local", "federated"])
     p.add_argument("--personal-epochs", type=int, default=1, help="local fine-tuning passes on top of the global adapter")
     p.add_argument("--threads", type=int, default=1)
