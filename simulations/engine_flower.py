@@ -73,7 +73,7 @@ def run_flower(cfg: SimulationConfig, devices: Sequence[SimDevice], labels: Sequ
          "global_top1": (last.evaluation.get(d.user, {}) if last else {}).get("global-top1")}
         for d in devices
     ]
-    results["status"] = "complete"
+    results["status"] = "finishing"  # run_simulation marks it complete once audit and plots are written
     results["timing"] = {"flower_s": wall, "device_rounds": sum(r.get("sampled", 0) for r in results["rounds"])}
     results["timing"]["device_rounds_per_min"] = 60 * results["timing"]["device_rounds"] / wall if wall else None
     results["privacy"]["accountant"] = "pld (server and Flower devices' ledgers)"

@@ -195,11 +195,12 @@ def new_results(cfg: SimulationConfig, population: dict, baselines: dict) -> dic
 
 
 def run_loop(results: dict, rounds: int, step: Callable[[int], RoundResult], out_dir: Path,
-             progress: Callable[[int, RoundResult], None] | None = None) -> dict:
+             progress: Callable[[int, RoundResult], None] | None = None, done_status: str = "complete") -> dict:
     """Run `step(r)` for r = 1..rounds, rewriting results.json after each round.
 
     On Ctrl-C the rounds finished so far stay, `status` becomes "interrupted" and `final` is the
-    last finished round, so the file is a consistent partial result.
+    last finished round, so the file is a consistent partial result. After the last round the
+    status is `done_status` (a caller that still adds results passes "finishing").
     """
     t0 = time.perf_counter()
     try:
@@ -216,7 +217,7 @@ def run_loop(results: dict, rounds: int, step: Callable[[int], RoundResult], out
         results["wall_s"] = time.perf_counter() - t0
         write_results(results, out_dir)
         raise
-    results["status"] = "complete"
+    results["status"] = done_status
     results["wall_s"] = time.perf_counter() - t0
     write_results(results, out_dir)
     return results
@@ -368,7 +369,7 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
                 return engine.round(r)
 
             try:
-                run_loop(results, cfg.rounds, step, out_dir)
+                run_loop(results, cfg.rounds, step, out_dir, done_status="finishing")
             except KeyboardInterrupt:
                 interrupted = True
             results["devices"] = engine.device_rows()
@@ -384,6 +385,8 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     results["audit"] = _privacy_report(devices, cfg, out_dir)
     results["plots"] = write_plots(results, out_dir)
     results["wall_s"] = time.perf_counter() - t_start
+    if not interrupted:
+        results["status"] = "complete"  # only now: groups, audit and plots are in the file too
     write_results(results, out_dir)
     if interrupted:  # the partial result, its plots and report are written: now stop like Ctrl-C does
         raise KeyboardInterrupt
