@@ -36,13 +36,12 @@ ARMS = {
 
 def run_arm(arm: str, args: argparse.Namespace) -> dict:
     """One simulation run (or its finished results.json); returns the runner's results dict."""
-    from simulations.runner import RESULTS_FILE, SimulationConfig, load_results, run_simulation
+    from simulations.runner import SimulationConfig, finished_results, run_simulation
 
     out = Path(args.out) / arm
-    if (out / RESULTS_FILE).exists():
-        done = load_results(out / RESULTS_FILE)
-        if done.get("status") == "complete":
-            return done
+    done = finished_results(out)
+    if done is not None:
+        return done
     cfg = SimulationConfig(dataset="foursquare-nyc", devices=args.devices, sample=True, cold_start_devices=args.cold_start,
                            rounds=args.rounds, epsilon=args.epsilon, model=args.model, engine="fast", out=str(out),
                            seed=args.seed, devices_per_round=args.devices_per_round, max_events=args.max_events,

@@ -49,7 +49,7 @@ def run_dir(out: Path, mode: str, eps: float | None) -> Path:
 def run_configs(args: argparse.Namespace, out: Path) -> None:
     """Run every (mode, ε) not already complete in OUT; print one JSON line per finished run."""
     from simulations.devices import FeatureCache
-    from simulations.runner import RESULTS_FILE, SimulationConfig, load_results, run_simulation
+    from simulations.runner import SimulationConfig, finished_results, run_simulation
 
     cache = FeatureCache(out / f".feature-cache-{os.getpid()}", mem_bytes=1 << 30)
     common = dict(dataset="foursquare-nyc", devices=args.devices, max_events=args.max_events, model="minilm-l6",
@@ -58,7 +58,7 @@ def run_configs(args: argparse.Namespace, out: Path) -> None:
         for mode in args.modes:
             for eps in [*args.epsilons, None]:
                 where = run_dir(out, mode, eps)
-                if (where / RESULTS_FILE).exists() and load_results(where / RESULTS_FILE).get("status") == "complete":
+                if finished_results(where) is not None:
                     print(f"{where}: complete, skipped", flush=True)
                     continue
                 per_mode = (dict(rounds=args.rounds, devices_per_round=args.devices_per_round, evaluate_all=True)

@@ -123,6 +123,14 @@ def adapter_from_arrays(base: "BaseModel", arrays: Arrays, labels: Sequence[str]
     return Adapter(base.identity(), list(labels), {k: np.asarray(v, np.float32) for k, v in arrays.items()}, lora_settings(config))
 
 
+def noise_rng(seed: int | None, server_round: int, stream: int) -> np.random.Generator:
+    """A device's noise generator for one round: OS entropy without a seed, else the seeded
+    stream (seed, round, stream) — the same in every engine for the same device."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([seed, server_round, stream])
+
+
 def round_mechanism(config: FederationConfig, sample_rate: float, rounds: int = 1):
     """The user-level release of `rounds` rounds, as privacy's accountant sees it."""
     from privacy.accountant import SubsampledGaussian

@@ -38,6 +38,8 @@ from privacy.errors import HomebodyError
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Context, Message, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
     from personal.examples import Example
     from privacy.budget import ReleaseGate
@@ -136,12 +138,17 @@ class DeviceHandle:
     # Flower node id. Simulations give the device's index, so every engine draws the same noise.
     noise_stream: int | None = None
 
-    def noise_rng(self, seed: int | None, server_round: int, node_id: int) -> np.random.Generator:
-        """The device's noise generator for one round: OS entropy without a seed, else seeded."""
-        if seed is None:
-            return np.random.default_rng()
-        stream = self.noise_stream if self.noise_stream is not None else node_id % (2**32)
-        return np.random.default_rng([seed, server_round, stream])
+    def noise_rng(self, seed: int | None, server_round: int, context: "Context") -> np.random.Generator:
+        """The device's noise generator for one round (`federation.device.noise_rng`)."""
+        from federation.device import noise_rng
+
+        stream = self.noise_stream if self.noise_stream is not None else context.node_id % (2**32)
+        return noise_rng(seed, server_round, stream)
+
+
+def run_name(context: "Context") -> str:
+    """The run a device's ledger records charge rounds to (Flower's run id)."""
+    return f"flower-run-{context.run_id}"
 
 
 class DeviceSource(Protocol):
@@ -299,11 +306,11 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
         cfg, base, adapter, rnd = _global(msg)
         handle = source.open(context)
         try:
-            rng = handle.noise_rng(cfg.seed, rnd, context.node_id)
+            rng = handle.noise_rng(cfg.seed, rnd, context)
             observe = audit.for_round(handle.device_id, rnd) if audit else None
             round_ctx = dev.DeviceRound(handle.device_id, rnd, float(msg.content["config"].get("sample-rate", 1.0)),
                                         handle.gate, handle.profile, rng, observe, seed=(cfg.seed or 0) + rnd,
-                                        run=f"flower-run-{context.run_id}")
+                                        run=run_name(context))
             try:
                 result = dev.train_round(base, adapter, handle.train, cfg, round_ctx)
             except HomebodyError as exc:  # budget spent, no usable events...: decline and say why
@@ -540,10 +547,9 @@ class HomebodyStrategy:
 
     def history(self) -> FederationHistory:
         q = float(np.mean(self.sample_rates)) if self.sample_rates and self.config.amplify else 1.0
-        rounds = len(self.rounds)  # every round counts for every device, sampled or not (amplification)
-        summary = PopulationSummary(
+        summary = PopulationSummary(  # every round counts for every device, sampled or not (amplification)
             rounds=len(self.rounds), sample_rate=q, noise_multiplier=self.config.noise_multiplier, delta=self.config.delta,
-            epsilon=self._epsilon(rounds), accountant="pld", devices_seen=len(self.node_names),
+            epsilon=self._epsilon(len(self.rounds)), accountant="pld", devices_seen=len(self.node_names),
             participations=dict(self.participations), declined=dict(self.declined),
             rejected=[r for rec in self.rounds.values() for r in rec.rejected],
         )
@@ -649,14 +655,21 @@ def run_simulation(
     per device, `config.rounds` rounds. With `ledger_dir` each device keeps a signed ledger there
     (user-level cap `epsilon_cap`, else privacy's default policy). Returns the history (per round: top1/top5 of the
     personalised adapters, global top1/top5, bytes up per device, user-level epsilon per device)."""
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
     sink: list[FederationHistory] = []
     source = PopulationSource(list(population), ledger_dir, epsilon_cap=epsilon_cap)
     client = make_client_app(source, record_dir, AuditWriter(audit_dir) if audit_dir else None, train_mods)
     server = make_server_app(ServerSetup(config, list(labels)), sink)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
-    flwr_run_simulation(server_app=server, client_app=client, num_supernodes=len(population), backend_config=backend)
-    if not sink:
+    history = run_in_simulation(server, client, len(population), num_cpus, sink)
+    if history is None:
         raise FederationSetupError("the Flower simulation ended without a result (see the log above)")
-    return sink[0]
+    return history
+
+
+def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, num_cpus: int, sink: list) -> Any:
+    """Flower's simulation runtime (Ray): one virtual SuperNode per device, one CPU each, `num_cpus`
+    in all. Returns what the ServerApp put in `sink`, or None when it put nothing there."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
+    flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
+    return sink[0] if sink else None

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from federation.config import FederationConfig, FederationConfigError
-from federation.flower_app import DeviceSource, PopulationSource, ServerSetup, SimDevice, _log
+from federation.flower_app import DeviceSource, PopulationSource, ServerSetup, SimDevice, _log, run_in_simulation, run_name
 from federation.update import Arrays, Update, UpdateHeader, UpdateRejected, check_update, spec_of
 
 
@@ -77,9 +77,9 @@ def make_secagg_client_app(source: DeviceSource):
             handle = source.open(self.context)
             rnd = int(config["server-round"])
             try:
-                rng = handle.noise_rng(cfg.seed, rnd, self.context.node_id)
+                rng = handle.noise_rng(cfg.seed, rnd, self.context)
                 ctx = dev.DeviceRound(handle.device_id, rnd, float(config["sample-rate"]), handle.gate, handle.profile, rng,
-                                      seed=(cfg.seed or 0) + rnd, run=f"flower-run-{self.context.run_id}")
+                                      seed=(cfg.seed or 0) + rnd, run=run_name(self.context))
                 result = dev.train_round(base, adapter, handle.train, cfg, ctx)
             finally:
                 handle.close()
@@ -160,14 +160,11 @@ def make_secagg_server_app(setup: ServerSetup, sink: list | None = None):
 def run_secagg_simulation(population: Sequence[SimDevice], config: FederationConfig, labels: Sequence[str], *,
                           ledger_dir: str | None = None, epsilon_cap: float | None = None, num_cpus: int = 2) -> SecAggHistory:
     """Mode (b) in Flower's simulation runtime: one virtual SuperNode per device."""
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
     _check_mode(config)
     sink: list[SecAggHistory] = []
     client = make_secagg_client_app(PopulationSource(list(population), ledger_dir, epsilon_cap=epsilon_cap))
     server = make_secagg_server_app(ServerSetup(config, list(labels)), sink)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
-    flwr_run_simulation(server_app=server, client_app=client, num_supernodes=len(population), backend_config=backend)
-    if not sink:
+    history = run_in_simulation(server, client, len(population), num_cpus, sink)
+    if history is None:
         raise FederationConfigError("the SecAgg+ simulation ended without a result (see the log above)")
-    return sink[0]
+    return history

@@ -159,7 +159,7 @@ class FastEngine:
 
     # -- federated ------------------------------------------------------------------------
     def _federated_round(self, r: int) -> RoundResult:
-        from federation.device import DeviceDeclined, DeviceRound, adapter_from_arrays, train_round
+        from federation.device import DeviceDeclined, DeviceRound, adapter_from_arrays, noise_rng, train_round
         from federation.server import aggregate
         from federation.update import spec_of
 
@@ -171,7 +171,7 @@ class FastEngine:
             st = self.state[d.user]
             with d.open_gate() as (_vault, gate):
                 ctx = DeviceRound(d.user, r, q, None if self.cfg.non_private else gate, d.user,
-                                  np.random.default_rng([self.cfg.seed, r, self.index[d.user]]), seed=self.cfg.seed + r,
+                                  noise_rng(self.cfg.seed, r, self.index[d.user]), seed=self.cfg.seed + r,
                                   run=self.run_id)
                 ts = time.perf_counter()
                 try:
@@ -195,7 +195,7 @@ class FastEngine:
         spec = spec_of(self.global_adapter.tensors)
         outcome = aggregate(self.global_adapter.tensors, updates, spec, self.fcfg, r, self.np_rng)
         self.global_adapter = adapter_from_arrays(self.base, outcome.arrays, self.labels, self.fcfg)
-        if r == self.cfg.rounds and not self.cfg.non_private:
+        if r == self.cfg.rounds and not self.cfg.non_private and len(cohort) < len(self.devices):
             self._settle(r, q)
         evaluated = cohort
         if self.cfg.evaluate_all and r == self.cfg.rounds:
@@ -209,11 +209,14 @@ class FastEngine:
 
     def _settle(self, rounds: int, q: float) -> None:
         """After the last round every device's ledger charges the rounds it sat out since its last
-        participation, so each shows the run's full user-level epsilon (see federation.device)."""
+        participation, so each shows the run's full user-level epsilon (see federation.device).
+        A device that declined (budget spent) left the run: its data was in no later round."""
         from federation.device import settle_run
 
         digest = self.global_adapter.sha256()
         for d in self.devices:
+            if self.state[d.user].declined:
+                continue
             with d.open_gate() as (_vault, gate):
                 self.state[d.user].epsilon = settle_run(gate, d.user, self.run_id, rounds, self.fcfg, q, digest)
 

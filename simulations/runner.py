@@ -173,6 +173,15 @@ def load_results(path: Path) -> dict:
     return _from_json(json.loads(Path(path).read_text()))
 
 
+def finished_results(out_dir: Path) -> dict | None:
+    """The results of a run already complete in `out_dir`, or None (absent, running, interrupted)."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.exists():
+        return None
+    results = load_results(path)
+    return results if results.get("status") == "complete" else None
+
+
 def new_results(cfg: SimulationConfig, population: dict, baselines: dict) -> dict:
     """The results skeleton written before the first round."""
     return {
