@@ -215,7 +215,8 @@ def verify(vault: VaultPath = None, key_file: KeyFile = None, show: int = typer.
     for failure in report.failures[:show]:
         console.print(f"FAIL {failure}", highlight=False)
     if not report.ok:
-        err_console.print(f"error: vault verification failed: {len(report.failures)} sealed value(s) did not open", highlight=False)
+        err_console.print(f"error: vault verification failed: {len(report.failures)} problem(s) (sealed values that did not open, "
+                          "rows or ledger records that disagree with the sealed state)", highlight=False)
         raise typer.Exit(1)
     console.print("ok: every sealed value opened")
 
