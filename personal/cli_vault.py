@@ -217,8 +217,12 @@ def verify(vault: VaultPath = None, key_file: KeyFile = None, show: int = typer.
     for failure in report.failures[:show]:
         console.print(f"FAIL {failure}", highlight=False)
     if not report.ok:
-        err_console.print(f"error: vault verification failed: {len(report.failures)} problem(s) (sealed values that did not open, "
-                          "rows or ledger records that disagree with the sealed state)", highlight=False)
+        from personal.vault import StateMismatch
+
+        state = sum(1 for f in report.failures if isinstance(f, StateMismatch))
+        sealed = f"{len(report.failures) - state} sealed value(s) did not open"
+        extra = f"; {state} problem(s) with rows or ledger records against the sealed state" if state else ""
+        err_console.print(f"error: vault verification failed: {sealed}{extra}", highlight=False)
         raise typer.Exit(1)
     console.print("ok: every sealed value opened")
 
