@@ -192,18 +192,19 @@ def budget_cmd(
     from privacy.budget import BudgetError, BudgetPolicy, ReleaseGate
     from privacy.ledger import UNITS, Ledger
 
+    policy = None
     if set_cap is not None:
         if profile is None:
             raise BudgetError("--set-cap needs --profile")
         policy = BudgetPolicy(set_cap, delta, window_days, window_cap)
         if unit is not None and unit not in UNITS:
             raise BudgetError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
-        with unlocked(vault, key_file) as (db, signer, _):
-            gate = ReleaseGate(db, signer=signer, accountant=accountant)
-            for u in [unit] if unit else list(UNITS):
-                gate.set_policy(profile, u, policy)
-    if names or _needs_unlock(profile):
+    if policy is not None or names or _needs_unlock(profile):
         with unlocked(vault, key_file) as (db, signer, owner_names):
+            if policy is not None:
+                gate = ReleaseGate(db, signer=signer, accountant=accountant)
+                for u in [unit] if unit else list(UNITS):
+                    gate.set_policy(profile, u, policy)
             ids = Ledger(db, signer=signer).names(owner_names)
             rows = _budget_rows(db, [profile] if profile else Ledger(db).profiles(), accountant, signer, ids)
     else:
