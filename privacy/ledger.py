@@ -258,6 +258,25 @@ def write_transaction(conn: sqlite3.Connection, name: str = "homebody_write") ->
         conn.commit()
 
 
+# Signatures already found valid, as (public key hex, SHA-256 of the signed bytes, signature hex).
+# Validity is a pure function of those three, so re-verifying the chain before every check only
+# pays Ed25519 for records it has not seen (any edit changes the digest and is checked afresh).
+_VERIFIED: set[tuple[str, str, str]] = set()
+_VERIFIED_MAX = 200_000
+
+
+def _signature_ok_cached(key: Ed25519PublicKey, key_hex: str, signature_hex: str, message: bytes) -> bool:
+    entry = (key_hex, hashlib.sha256(message).hexdigest(), signature_hex)
+    if entry in _VERIFIED:
+        return True
+    if not _signature_ok(key, signature_hex, message):
+        return False
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.clear()
+    _VERIFIED.add(entry)
+    return True
+
+
 def _signature_ok(key: Ed25519PublicKey | None, signature_hex: str, message: bytes) -> bool:
     if key is None or not signature_hex:
         return False
@@ -547,7 +566,7 @@ class Ledger:
         """Why this record is not authentic as it stands, or None."""
         if key is None:
             return None if row["sha256"] == rec.sha256 else f"{rec.label()}: content was edited (hash differs)"
-        if _signature_ok(key, rec.signature, rec.canonical()):
+        if _signature_ok_cached(key, public_key_hex(key), rec.signature, rec.canonical()):
             return None
         if not rec.signature:
             return f"{rec.label()}: not signed (inserted without the device key?)"
