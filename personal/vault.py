@@ -252,8 +252,8 @@ class Vault:
         conn.execute("PRAGMA synchronous=FULL")
         vault = cls(path, conn, kek, data_key, meta)
         # The chain starts now (signed genesis head), so a file without one has had it deleted.
-        Ledger(vault.db, signer=signing).initialise()
         with vault._write() as c:
+            Ledger(vault.db, signer=signing).initialise()
             state = load_sealed_state(c, signing) or {}
             state["events"] = {}
             store_sealed_state(c, signing, state)
