@@ -505,12 +505,16 @@ class Ledger:
 
     # -- verifying -------------------------------------------------------------------------
     def _key(self, public_key: Ed25519PublicKey | bytes | str | None) -> Ed25519PublicKey | None:
+        """The key to verify with: the one given, else the device key's (the signer's), else meta's.
+
+        The signer comes first: a file whose meta key and whole chain were replaced by someone
+        else's must not verify for the device that holds the real key.
+        """
         if public_key is not None:
             return load_public_key(public_key)
-        stored = device_public_key(self.db)
-        if stored is not None:
-            return stored
-        return self.signer.public_key() if self.signer is not None else None
+        if self.signer is not None:
+            return self.signer.public_key()
+        return device_public_key(self.db)
 
     def verify(self, public_key: Ed25519PublicKey | bytes | str | None = None) -> list[str]:
         """Every problem found, each naming the record concerned; [] for an intact ledger.
@@ -523,6 +527,10 @@ class Ledger:
         problems: list[str] = []
         if key is None:
             problems.append("no device public key (meta.device_public_key): signatures cannot be checked")
+        stored = device_public_key(self.db)
+        if key is not None and stored is not None and public_key_hex(stored) != public_key_hex(key):
+            problems.append("meta.device_public_key differs from the key used to verify: it was replaced (with a "
+                            "chain signed by another key?), or the wrong key was given")
         if self._has(LEDGER_TABLE):
             self._check_format()
         rows = list(self.db.query(f"select * from [{LEDGER_TABLE}] order by seq")) if self._has(LEDGER_TABLE) else []

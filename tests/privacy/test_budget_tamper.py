@@ -171,3 +171,30 @@ def test_public_key_alone_verifies_and_profile_ids_hold_no_name(tmp_path: Path):
     assert {r["profile"] for r in rows} == {"ann"} and rows[0]["cap"] == pytest.approx(CAP)
     with Vault.open(path, PASS) as v:
         assert Ledger(v.db).records()[0].profile.startswith("pid-")
+
+
+def test_a_chain_forged_under_another_key_does_not_fool_the_device(tmp_path: Path):
+    """The attacker swaps meta's public key for their own and writes a whole new chain with a huge cap."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    import sqlite_utils
+
+    path = vault_with_one_release(tmp_path)
+    receipt = tmp_path / "receipt.json"
+    assert cli("audit", "receipt", "--vault", str(path), "--out", str(receipt)).returncode == 0
+    mallory = Ed25519PrivateKey.generate()
+    attack(path, "drop table ledger", "drop table ledger_head", "drop table sealed_state", "drop table budget_policy",
+           f"update meta set value = '{mallory.public_key().public_bytes_raw().hex()}' where key = 'device_public_key'")
+    db = sqlite_utils.Database(path)
+    forged = ReleaseGate(db, signer=mallory, accountant="rdp")
+    forged.ledger.initialise() if hasattr(forged.ledger, "initialise") else None
+    forged.set_policy("ann", "record", BudgetPolicy(1000.0, 1e-5))
+    db.conn.close()
+    assert cli("audit", "verify", "--vault", str(path)).returncode == 0  # self-consistent under the forged key...
+    out = cli("audit", "verify", "--vault", str(path), "--receipt", str(receipt))
+    assert out.returncode == 1 and "another device key" in out.stdout  # ...but not against the owner's receipt
+    with Vault.open(path, PASS) as v:
+        gate = ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp")
+        with pytest.raises(HomebodyError):
+            gate.check("ann", "record", MECH)  # the device verifies with its own key: nothing fits a forged chain
+        assert not v.verify().ok
