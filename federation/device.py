@@ -187,7 +187,7 @@ def train_round(
     if device.gate is not None and private:
         from privacy.budget import check_rng
 
-        check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # before any work: a real device refuses seeded noise
+        check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # a real device refuses seeded noise, before any work
         _check_budget(device, mech)
     result = train_adapter(base, examples, global_adapter.labels, train_config(config, config.local_epochs, device.seed),
                            DPConfig.non_private(), init=global_adapter)

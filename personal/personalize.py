@@ -130,7 +130,7 @@ def personalize(
     details = {"model": base.name, "base_sha256": base.weights_sha256, "examples": len(examples),
                "max_grad_norm": dp.max_grad_norm, "lora": cfg.lora.to_dict(), "resumed_from": start}
     if plan is not None:
-        details["rng"] = dp.rng  # which randomness drew the noise and the sampling; the gate refuses "seeded" on a real device
+        details["rng"] = dp.rng  # noise and sampling; a real gate refuses "seeded"
         gate.commit(profile, UNIT, plan.mechanism(), artefact_sha256=digest, details=details)
     else:
         gate.commit_non_private(profile, UNIT, artefact_sha256=digest, details=details)
