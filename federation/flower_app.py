@@ -35,6 +35,7 @@ from federation.config import FederationConfig
 from federation.server import PopulationSummary, Rejection, aggregate, user_epsilon
 from federation.update import Arrays, Update, UpdateRejected, WireUpdate, decode, spec_of
 from privacy.errors import HomebodyError
+from privacy.randomness import noise_source
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Context, Message, RecordDict
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
     from personal.examples import Example
     from privacy.budget import ReleaseGate
+    from privacy.randomness import NoiseSource
 
 LOG = logging.getLogger("homebody.federation.flower")
 PASSPHRASE_ENV = "HOMEBODY_PASSPHRASE"
@@ -137,13 +139,17 @@ class DeviceHandle:
     # Which seeded noise stream the device draws from when the federation has a seed. None: its
     # Flower node id. Simulations give the device's index, so every engine draws the same noise.
     noise_stream: int | None = None
+    # Only a simulated device may follow the run's seed. A real device always draws from the OS
+    # CSPRNG, whatever seed a server puts in the run config: a noise seed known to the server
+    # would let it subtract the noise.
+    seeded_noise: bool = False
 
-    def noise_rng(self, seed: int | None, server_round: int, context: "Context") -> np.random.Generator:
+    def noise_rng(self, seed: int | None, server_round: int, context: "Context") -> "NoiseSource":
         """The device's noise generator for one round (`federation.device.noise_rng`)."""
         from federation.device import noise_rng
 
         stream = self.noise_stream if self.noise_stream is not None else context.node_id % (2**32)
-        return noise_rng(seed, server_round, stream)
+        return noise_rng(seed if self.seeded_noise else None, server_round, stream)
 
 
 def run_name(context: "Context") -> str:
@@ -183,12 +189,14 @@ class PopulationSource:
         gate, close = (None, lambda: None)
         if self.ledger_dir:
             gate, close = _sim_gate(Path(self.ledger_dir), device.device_id, self.epsilon_cap)
-        return DeviceHandle(device.device_id, train, test, gate, device.device_id, close, noise_stream=index)
+        return DeviceHandle(device.device_id, train, test, gate, device.device_id, close, noise_stream=index,
+                            seeded_noise=True)
 
 
 def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple["ReleaseGate", Callable[[], None]]:
     """A per-device ledger for a simulated device: its own SQLite file and Ed25519 key
-    (and, if given, a user-level policy with that epsilon cap at delta 1e-5)."""
+    (and, if given, a user-level policy with that epsilon cap at delta 1e-5). A simulation may run
+    seeded for reproducibility, so its gate accepts seeded noise (recorded as such)."""
     import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -199,7 +207,7 @@ def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple[
     if not key_path.exists():
         key_path.write_bytes(Ed25519PrivateKey.generate().private_bytes_raw())
     db = sqlite_utils.Database(folder / f"{device_id}.db")
-    gate = ReleaseGate(db, signer=Ed25519PrivateKey.from_private_bytes(key_path.read_bytes()))
+    gate = ReleaseGate(db, signer=Ed25519PrivateKey.from_private_bytes(key_path.read_bytes()), allow_seeded_noise=True)
     if epsilon_cap is not None:
         gate.set_policy(device_id, "user", BudgetPolicy(epsilon_cap=epsilon_cap, delta=1e-5))
     return gate, db.close
@@ -405,7 +413,7 @@ class HomebodyStrategy:
         self.declined: dict[str, str] = {}
         self.sample_rates: list[float] = []
         self.rng = random.Random(seed)
-        self.np_rng = np.random.default_rng(seed)
+        self.np_rng = noise_source(seed)  # central mode's noise: the OS CSPRNG unless a simulation seeds it
         self._sent: dict[tuple[str, int], list["Message"]] = {}
         self._t0 = time.perf_counter()
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from federation.config import FederationConfig
 from federation.update import AdapterSpec, Arrays, Update, UpdateRejected, check_update
+from privacy.randomness import SecureGenerator
 
 LOG = logging.getLogger("homebody.federation.server")
 
@@ -86,7 +87,7 @@ def aggregate(
         for name in spec:
             total[name] += update.arrays[name]
     if config.mode == "central" and config.noise_multiplier > 0:
-        rng = rng or np.random.default_rng()
+        rng = rng if rng is not None else SecureGenerator()  # the trusted server's noise: the OS CSPRNG
         std = config.noise_multiplier * config.clip_norm
         total = {k: v + rng.normal(0.0, std, size=v.shape) for k, v in total.items()}
     step = config.server_lr / len(accepted)

@@ -62,7 +62,7 @@ def run_id(base: BaseModel, examples, plan: MechanismPlan | None, cfg: TrainConf
     h = hashlib.sha256()
     h.update(json.dumps(base.identity(), sort_keys=True).encode())
     h.update(json.dumps([cfg.lora.to_dict(), cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.max_length,
-                         cfg.seed, dp.enabled, dp.max_grad_norm, dp.delta, dp.secure_rng], default=str).encode())
+                         cfg.seed, dp.enabled, dp.max_grad_norm, dp.delta, dp.rng], default=str).encode())
     if plan is not None:
         h.update(json.dumps([plan.noise_multiplier, plan.sample_rate, plan.steps]).encode())
     for e in examples:
@@ -95,20 +95,26 @@ def personalize(
     history: int = 3,
     progress: Callable[[int, int, float], None] | None = None,
     checkpoint_every: int = 25,
+    allow_seeded_noise: bool = False,
 ) -> PersonalizeResult:
-    """Personalise ``base`` for ``profile``: check → train (resumable) → commit → store sealed."""
-    from privacy.budget import ReleaseGate
+    """Personalise ``base`` for ``profile``: check → train (resumable) → commit → store sealed.
+
+    The noise and sampling come from ``dp.rng`` (the OS CSPRNG by default); a ``"seeded"`` run is
+    refused before any work unless ``allow_seeded_noise`` (tests that need reproducible runs).
+    """
+    from privacy.budget import ReleaseGate, check_rng
 
     events = vault.events(profile)
     if len(events) < 2:
         raise TrainingError(f"profile {profile!r} has {len(events)} event(s): need at least 2 to learn from")
     labels = label_space(events)
     examples = usable_examples(base, events_to_examples(events, history), labels)
-    gate = ReleaseGate(vault.db, signer=vault.signing_key())
+    gate = ReleaseGate(vault.db, signer=vault.signing_key(), allow_seeded_noise=allow_seeded_noise)
     if dp.enabled:  # the budget policy's delta and the gate's accountant govern the release
         dp = replace(dp, delta=gate.policy(profile, UNIT).delta, accountant=gate.accountant)
     plan = plan_mechanism(len(examples), cfg, dp) if dp.enabled else None
     if plan is not None:
+        check_rng(dp.rng, gate.allow_seeded_noise)  # SeededNoiseRefused before any work
         gate.check(profile, UNIT, plan.mechanism())  # raises BudgetExhausted; writes nothing
     rid = run_id(base, examples, plan, cfg, dp)
     init, start = _load_checkpoint(vault, profile, base.name, rid)
@@ -124,6 +130,7 @@ def personalize(
     details = {"model": base.name, "base_sha256": base.weights_sha256, "examples": len(examples),
                "max_grad_norm": dp.max_grad_norm, "lora": cfg.lora.to_dict(), "resumed_from": start}
     if plan is not None:
+        details["rng"] = dp.rng  # noise and sampling; a real gate refuses "seeded"
         gate.commit(profile, UNIT, plan.mechanism(), artefact_sha256=digest, details=details)
     else:
         gate.commit_non_private(profile, UNIT, artefact_sha256=digest, details=details)
