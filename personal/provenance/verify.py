@@ -138,7 +138,7 @@ def verify_labelled(
     problem = _content_problem(text, manifest)
     if problem is not None:
         return Verdict("tampered", problem, kid)
-    how = "text and manifest intact" if sha256_text(text) == (manifest.get("content") or {}).get("labelled_sha256") else (
+    how = "text and manifest intact" if sha256_text(text) == _block(manifest, "content").get("labelled_sha256") else (
         "content intact (visible label rendered separately)"
     )
     if kid not in trusted_ids:
@@ -153,11 +153,17 @@ def _content_problem(text: str, manifest: dict[str, Any]) -> str | None:
         return f"unknown manifest format {manifest.get('format')!r}"
     if manifest.get("ai_generated") is not True or manifest.get("digital_source_type") != DIGITAL_SOURCE_TYPE:
         return "the manifest does not declare the text AI-generated: homebody signs only AI-generated outputs"
-    content = manifest.get("content") or {}
+    content = _block(manifest, "content")
     if sha256_text(text) in (content.get("labelled_sha256"), content.get("sha256")):
         return None
-    label = manifest.get("label") or {}
+    label = _block(manifest, "label")
     inner = strip_label(text, str(label.get("text", "")), str(label.get("placement", "")), str(label.get("separator", "")))
     if inner is None:
         return "the text changed: its visible label is missing or altered and its hash does not match"
     return "the content changed: its SHA-256 does not match the manifest"
+
+
+def _block(manifest: dict[str, Any], name: str) -> dict[str, Any]:
+    """A manifest's sub-object, or {} when it is missing or not an object (a forger signs anything)."""
+    value = manifest.get(name)
+    return value if isinstance(value, dict) else {}

@@ -95,6 +95,8 @@ def test_library_verdict_names_the_signer_and_the_trust(device):
     assert verify_labelled(body, claim, signer.public_key()).status == "tampered"
     other_source = _resign(manifest, signer, digital_source_type="http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture")
     assert verify_labelled(body, other_source, signer.public_key()).status == "tampered"
+    for odd in ({"content": ["not", "an", "object"]}, {"label": "x", "content": None}):
+        assert verify_labelled(body, _resign(manifest, forger, **odd), forger.public_key()).status == "tampered"
     with pytest.raises(ManifestError):
         verify_labelled(body, manifest, trusted_keys=["not a key"])
 
