@@ -46,6 +46,20 @@ if TYPE_CHECKING:
 
 USER = "user"
 MECHANISM = {"device": "dp-fedavg-device-noise", "secagg": "dp-fedavg-secagg-share", "central": "dp-fedavg-central"}
+DEVICE_ID_HEX = 16
+
+
+def device_identity(public_key) -> str:
+    """The id a real device is known by to the server: the first 16 hex digits of the SHA-256 of
+    its vault's raw Ed25519 public key. Unique per vault and stable across runs; unlike the
+    profile name (personal, and shared by every owner who kept the default) it says nothing
+    about the owner."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:DEVICE_ID_HEX]
 
 
 class DeviceDeclined(HomebodyError):
@@ -221,7 +235,8 @@ def _check_budget(device: DeviceRound, mech) -> None:
     try:
         device.gate.check(device.profile, USER, mech)  # type: ignore[union-attr]
     except BudgetExhausted as exc:
-        raise DeviceDeclined(f"device {device.device_id} declines round {device.round}: user-level budget spent ({exc})") from exc
+        # The reason goes to the server: the ledger's wording names the profile, so it stays here.
+        raise DeviceDeclined(f"device {device.device_id} declines round {device.round}: user-level budget spent") from exc
 
 
 def split_examples(examples: Sequence["Example"], holdout: float = 0.2) -> tuple[list["Example"], list["Example"]]:

@@ -12,7 +12,9 @@ Messages
 
 `server_app` / `client_app` at module level are what `flwr run` loads (see [tool.flwr.app] in
 pyproject.toml); the client side reads its device from a vault (`--node-config
-'vault="..." profile="..." device-id="..."'`, passphrase in $HOMEBODY_PASSPHRASE).
+'vault="/abs/path" profile="..."'`, passphrase in $HOMEBODY_PASSPHRASE). A real device's
+`device_id` is `federation.device.device_identity` of its vault's key: the profile name is
+personal and never leaves the device (not in headers, metrics or decline reasons).
 `run_simulation(population, config, labels)` runs the same apps in Flower's simulation runtime.
 """
 
@@ -216,13 +218,17 @@ def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple[
 @dataclass
 class VaultSource:
     """Deployment: the SuperNode's node config names the vault and profile; the passphrase comes
-    from the environment variable named by node config `passphrase-env` (default HOMEBODY_PASSPHRASE)."""
+    from the environment variable named by node config `passphrase-env` (default HOMEBODY_PASSPHRASE).
+
+    The device id is derived from the vault's sealed signing key (`device_identity`), never
+    from the profile or a name in the node config: two owners who both kept profile `me` are
+    two devices to the server, and the profile name is not sent."""
 
     history: int = 3
     holdout: float = 0.2
 
     def open(self, context: "Context") -> DeviceHandle:
-        from federation.device import split_examples
+        from federation.device import device_identity, split_examples
         from personal.examples import events_to_examples
         from personal.vault import Vault
         from privacy.budget import ReleaseGate
@@ -235,8 +241,9 @@ class VaultSource:
         profile = str(cfg.get("profile", "default"))
         examples = events_to_examples(vault.events(profile), history=self.history)
         train, test = split_examples(examples, self.holdout)
-        gate = ReleaseGate(vault.db, signer=vault.signing_key())
-        return DeviceHandle(str(cfg.get("device-id", profile)), train, test, gate, profile, vault.close)
+        signer = vault.signing_key()
+        gate = ReleaseGate(vault.db, signer=signer)
+        return DeviceHandle(device_identity(signer.public_key()), train, test, gate, profile, vault.close)
 
 
 class FederationSetupError(Exception):
@@ -322,7 +329,8 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
             try:
                 result = dev.train_round(base, adapter, handle.train, cfg, round_ctx)
             except HomebodyError as exc:  # budget spent, no usable events...: decline and say why
-                return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": str(exc)})}), reply_to=msg)
+                reason = _decline_reason(exc, handle.device_id, rnd)
+                return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": reason})}), reply_to=msg)
         finally:
             handle.close()
         content = wire_to_content(result.wire, {})
@@ -341,6 +349,18 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
         return Message(RecordDict({"metrics": MetricRecord(metrics), "header": ConfigRecord({"device_id": handle.device_id})}), reply_to=msg)
 
     return app
+
+
+def _decline_reason(exc: HomebodyError, device_id: str, rnd: int) -> str:
+    """What the server is told when a device declines: DeviceDeclined's own reason (written to be
+    sent), else only the error's type. Other errors' wording may name the profile or a path,
+    so it is logged here, on the device, and not sent."""
+    from federation.device import DeviceDeclined
+
+    if isinstance(exc, DeviceDeclined):
+        return exc.reason
+    LOG.warning("round %d: device %s cannot train: %s", rnd, device_id, exc)
+    return f"device {device_id} declines round {rnd}: {type(exc).__name__}"
 
 
 # ----------------------------------------------------------------------------- server side
@@ -557,7 +577,7 @@ class HomebodyStrategy:
         q = float(np.mean(self.sample_rates)) if self.sample_rates and self.config.amplify else 1.0
         summary = PopulationSummary(  # every round counts for every device, sampled or not (amplification)
             rounds=len(self.rounds), sample_rate=q, noise_multiplier=self.config.noise_multiplier, delta=self.config.delta,
-            epsilon=self._epsilon(len(self.rounds)), accountant="pld", devices_seen=len(self.node_names),
+            epsilon=self._epsilon(len(self.rounds)), accountant="pld", devices_seen=len(set(self.node_names.values())),
             participations=dict(self.participations), declined=dict(self.declined),
             rejected=[r for rec in self.rounds.values() for r in rec.rejected],
         )

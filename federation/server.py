@@ -47,12 +47,18 @@ def server_sigma(config: FederationConfig) -> float:
 
 
 def screen(updates: Iterable[Update], spec: AdapterSpec, config: FederationConfig, round: int) -> tuple[list[Update], list[Rejection]]:
-    """Split updates into accepted and rejected, logging each rejection with its reason."""
-    accepted, rejected = [], []
+    """Split updates into accepted and rejected, logging each rejection with its reason.
+
+    A device counts once per round: a second update under a device id already accepted this
+    round is rejected, so user-level accounting and the mean stay one-user-one-vote.
+    """
+    accepted, rejected, seen = [], [], set()
     for update in updates:
         try:
             if update.header.round != round:
                 raise UpdateRejected("bad-header", f"update for round {update.header.round} received in round {round}")
+            if update.header.device_id in seen:
+                raise UpdateRejected("bad-header", f"device {update.header.device_id} already sent an update this round")
             check_update(update, spec, config.clip_norm, sigma=server_sigma(config))
         except UpdateRejected as exc:
             rejection = Rejection(update.header.device_id, round, exc.reason, exc.detail)
@@ -60,6 +66,7 @@ def screen(updates: Iterable[Update], spec: AdapterSpec, config: FederationConfi
             rejected.append(rejection)
             continue
         accepted.append(update)
+        seen.add(update.header.device_id)
     return accepted, rejected
 
 
