@@ -89,7 +89,7 @@ def _from_unix(seconds: float) -> datetime:
     if not finite:
         raise ValueError("bad timestamp: not a finite number")
     if not _UNIX_RANGE[0] <= seconds < _UNIX_RANGE[1]:
-        raise ValueError(f"timestamp out of range (Unix seconds for years {FIRST_YEAR}..{LAST_YEAR}; milliseconds?)")
+        raise ValueError(f"timestamp out of range (want Unix seconds within years {FIRST_YEAR}..{LAST_YEAR}, not milliseconds)")
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
@@ -148,11 +148,12 @@ def write_events(events: Iterable[Event], out: TextIO, fmt: str) -> int:
     keys = sorted({k for ev in events for k in ev.context})
     header = [*RESERVED, *(f"context.{k}" if k in RESERVED or k.startswith("context.") else k for k in keys)]
     writer = csv.writer(out, lineterminator="\n")
+    # Minimal quoting does not quote a lone "\r" (not in the line terminator), which readers take as a line end.
+    quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(header)
     for ev in events:
-        writer.writerow(
-            [ev.user, ev.timestamp.isoformat(), ev.event, ev.text or "", *(ev.context.get(k, "") for k in keys)]
-        )
+        row = [ev.user, ev.timestamp.isoformat(), ev.event, ev.text or "", *(ev.context.get(k, "") for k in keys)]
+        (quoted if any("\r" in cell for cell in row) else writer).writerow(row)
     return len(events)
 
 
@@ -224,7 +225,7 @@ def _parse_csv(text: str, source: str) -> tuple[list[Event], list[tuple[int, str
     # No field may trip the csv module's size limit: an error there loses the reader's place and
     # with it every later row. Sizes are checked per record below instead.
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -248,7 +249,10 @@ def _parse_csv(text: str, source: str) -> tuple[list[Event], list[tuple[int, str
         except StopIteration:
             break
         except csv.Error as exc:
-            problems.append((line, f"bad CSV: {exc}"))
+            why = f"bad CSV: {exc}"
+            if reader.line_num > line:
+                why += f" (this record spans lines {line}-{reader.line_num}: an unclosed quote?)"
+            problems.append((line, why))
             continue
         why = _csv_row_problem(row, header)
         if why == "":
@@ -275,6 +279,8 @@ def _csv_row_problem(row: list[str], header: list[str]) -> str | None:
         return f"{len(row)} fields, header has {len(header)}"
     if sum(map(len, row)) > MAX_LINE_CHARS:
         return f"record longer than {MAX_LINE_CHARS:,} characters"
+    if _not_utf8(row):
+        return "not UTF-8 text"
     return None
 
 
@@ -301,6 +307,8 @@ def _json_line(raw: str) -> dict:
     """One JSON Lines record as an object: bounded length and depth, finite numbers (ValueError otherwise)."""
     if len(raw) > MAX_LINE_CHARS:
         raise ValueError(f"line longer than {MAX_LINE_CHARS:,} characters")
+    if _not_utf8([raw]):
+        raise ValueError("not UTF-8 text")
     if json_too_deep(raw):
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
