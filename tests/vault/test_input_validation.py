@@ -237,6 +237,34 @@ def test_any_bytes_either_parse_or_raise_one_typed_error(tmp_path, data, suffix)
         assert ev.problem() is None  # whatever got through is a valid event
 
 
+_ANY_TEXT = st.text(max_size=12)  # lone surrogates included
+_JSON_VALUE = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _ANY_TEXT,
+                        st.sampled_from(["9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+14:00", "2024-01-01T07:00:00",
+                                         "Infinity", "-1e308", "nan"]))
+_JSON_EVENT = st.fixed_dictionaries({"user": _JSON_VALUE, "timestamp": _JSON_VALUE, "event": _JSON_VALUE},
+                                    optional={"text": _JSON_VALUE, "context": st.dictionaries(_ANY_TEXT, _JSON_VALUE, max_size=3),
+                                              "place": _JSON_VALUE})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_JSON_EVENT, min_size=1, max_size=5))
+def test_any_json_event_is_stored_and_read_back_or_refused_by_line(tmp_path, rows):
+    """JSON with NaN/Infinity, huge numbers, surrogates, far-off times: a typed refusal, or events every reader can use."""
+    src = tmp_path / "fuzz.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")  # json.dumps escapes surrogates
+    try:
+        events = read_events(src).events
+    except MalformedEvents as exc:
+        assert {line for line, _ in exc.problems} <= set(range(1, len(rows) + 1))
+        return
+    path = tmp_path / "v.db"
+    path.unlink(missing_ok=True)
+    with Vault.create(path, PASS, FAST) as v:
+        v.add_events(events)
+        for user in v.profiles():
+            export_events(v.events(user), tmp_path / "out.jsonl")
+
+
 _CONTEXT = st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True), _EVENT_TEXT, max_size=3)
 
 
