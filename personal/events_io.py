@@ -339,7 +339,5 @@ def _json_context(obj: dict) -> dict[str, str]:
             raise ValueError(f"context field #{len(context) + 1} must be a string or number")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"context field #{len(context) + 1} is not a finite number")
-        if not isinstance(key, str):
-            raise ValueError("context field names must be strings")
         context[key] = json.dumps(value) if isinstance(value, bool) else str(value)
     return context

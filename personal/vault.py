@@ -85,13 +85,18 @@ def order_key(ts: datetime) -> datetime:
     return (ts.replace(tzinfo=None) - ts.utcoffset()).replace(tzinfo=None)
 
 
-def timestamp_problem(ts: datetime) -> str | None:
-    """Why `ts` is not a sane event time (outside FIRST_YEAR..LAST_YEAR in UTC), or None. Names no value."""
+def _sane_key(ts: datetime) -> datetime | None:
+    """`order_key(ts)` when `ts` lies within FIRST_YEAR..LAST_YEAR in UTC, else None."""
     try:
         key = order_key(ts)
     except (OverflowError, ValueError):
-        key = None
-    if key is None or not _EARLIEST <= key < _AFTER_LATEST:
+        return None
+    return key if _EARLIEST <= key < _AFTER_LATEST else None
+
+
+def timestamp_problem(ts: datetime) -> str | None:
+    """Why `ts` is not a sane event time (outside FIRST_YEAR..LAST_YEAR in UTC), or None. Names no value."""
+    if _sane_key(ts) is None:
         return f"timestamp out of range (years {FIRST_YEAR}..{LAST_YEAR} in UTC)"
     return None
 
@@ -161,7 +166,7 @@ class Event:
 
 
 def _kind(value: object) -> str:
-    """A value's shape for an error message (its type, or 'an empty string'), never the value itself."""
+    """A value's shape for an error message (its type, or 'a blank string'), never the value itself."""
     return "a blank string" if isinstance(value, str) else type(value).__name__
 
 
@@ -371,10 +376,11 @@ class Vault:
         out, bad = [], []
         for rid, t, name, ctx, txt in zip(ids, ts, names, contexts, texts):
             timestamp = datetime.fromisoformat(t.decode())
-            if timestamp_problem(timestamp) is not None:  # stored before input validation: would crash every reader
+            key = _sane_key(timestamp)
+            if key is None:  # stored before input validation: it would crash every reader
                 bad.append(rid)
                 continue
-            out.append((order_key(timestamp), rid, Event._trusted(profile, timestamp, name.decode(), _json_object(ctx.decode()), _decode_text(txt))))
+            out.append((key, rid, Event._trusted(profile, timestamp, name.decode(), _json_object(ctx.decode()), _decode_text(txt))))
         if bad:
             warnings.warn(StoredEventsSkipped(profile, bad), stacklevel=2)
         out.sort(key=lambda t: (t[0], t[1]))
