@@ -250,25 +250,26 @@ def _parse_csv(text: str, source: str) -> tuple[list[Event], list[tuple[int, str
             break
         except csv.Error as exc:
             why = f"bad CSV: {exc}"
-            if reader.line_num > line:
-                why += f" (this record spans lines {line}-{reader.line_num}: an unclosed quote?)"
-            problems.append((line, why))
-            continue
-        why = _csv_row_problem(row, header)
-        if why == "":
-            continue
-        if why is None:
-            context = {key: row[i] for i, key in extra if row[i] != ""}
-            text_cell = row[idx["text"]] if "text" in idx else None
-            try:
-                events.append(_make_event(row[idx["user"]], row[idx["timestamp"]], row[idx["event"]], context, text_cell))
+        else:
+            why = _csv_row_problem(row, header)
+            if why == "":
                 continue
-            except ValueError as exc:
-                why = str(exc)
+            if why is None:
+                try:
+                    events.append(_csv_event(row, idx, extra))
+                    continue
+                except ValueError as exc:
+                    why = str(exc)
         if reader.line_num > line:  # say how far a bad record reached: an unclosed quote swallows lines
             why += f" (this record spans lines {line}-{reader.line_num}: an unclosed quote?)"
         problems.append((line, why))
     return events, problems
+
+
+def _csv_event(row: list[str], idx: dict[str, int], extra: list[tuple[int, str]]) -> Event:
+    context = {key: row[i] for i, key in extra if row[i] != ""}
+    text_cell = row[idx["text"]] if "text" in idx else None
+    return _make_event(row[idx["user"]], row[idx["timestamp"]], row[idx["event"]], context, text_cell)
 
 
 def _csv_row_problem(row: list[str], header: list[str]) -> str | None:
