@@ -78,7 +78,7 @@ class InvalidArtefact(VaultError, ValueError):
 
 
 class EventsFileError(VaultError):
-    """An events file cannot be read at all (missing, unknown format, not UTF-8, no header)."""
+    """An events file cannot be read at all (missing, unknown format, empty, not writable)."""
 
 
 class KeyFileUnsafe(PassphraseMissing):
