@@ -37,6 +37,7 @@ from personal.training import DPConfig, MechanismPlan, TrainConfig, TrainingErro
 
 if TYPE_CHECKING:
     from personal.vault import Vault
+    from privacy.ledger import LedgerRecord
 
 ADAPTER, CHECKPOINT = "adapter", "checkpoint"
 UNIT = "record"
@@ -124,12 +125,13 @@ def personalize(
     details = {"model": base.name, "base_sha256": base.weights_sha256, "examples": len(examples),
                "max_grad_norm": dp.max_grad_norm, "lora": cfg.lora.to_dict(), "resumed_from": start}
     if plan is not None:
-        record = gate.commit(profile, UNIT, plan.mechanism(), artefact_sha256=digest, details=details)
+        gate.commit(profile, UNIT, plan.mechanism(), artefact_sha256=digest, details=details)
     else:
-        record = gate.commit_non_private(profile, UNIT, artefact_sha256=digest, details=details)
-    store_released(vault, profile, base.name, adapter.to_bytes(), record.artefact_sha256,
+        gate.commit_non_private(profile, UNIT, artefact_sha256=digest, details=details)
+    # Bound to what the ledger now holds (read back), not to what was sent to it.
+    store_released(vault, profile, base.name, adapter.to_bytes(),
                    {"sha256": digest, "non_private": plan is None, "epsilon": res.epsilon, "delta": res.delta,
-                    "steps": res.steps, "labels": len(labels), "ledger_seq": record.seq})
+                    "steps": res.steps, "labels": len(labels)})
     if init is not None or res.steps > checkpoint_every:
         _drop_checkpoint(vault, profile, base.name)
     return PersonalizeResult(adapter, res, plan, start)
@@ -144,8 +146,8 @@ def _drop_checkpoint(vault: "Vault", profile: str, name: str) -> None:
         pass
 
 
-def released_sha256(vault: "Vault", profile: str, model: str) -> str | None:
-    """The ``artefact_sha256`` of the latest ledger record releasing ``profile``'s adapter for base ``model``.
+def released_record(vault: "Vault", profile: str, model: str) -> "LedgerRecord | None":
+    """The latest ledger record releasing ``profile``'s adapter for base ``model`` (None if there is none).
 
     The one place personal/ reads the ledger for artefact binding (through its public read API).
     """
@@ -153,18 +155,19 @@ def released_sha256(vault: "Vault", profile: str, model: str) -> str | None:
 
     for record in reversed(Ledger(vault.db).records(profile, UNIT)):
         if record.details.get("model") == model:
-            return record.artefact_sha256
+            return record
     return None
 
 
-def store_released(vault: "Vault", profile: str, model: str, data: bytes, released: str, meta: dict) -> None:
-    """Store an adapter that a ledger record released: its bytes must hash to that record's ``artefact_sha256``."""
+def store_released(vault: "Vault", profile: str, model: str, data: bytes, meta: dict) -> None:
+    """Store an adapter just released: its bytes must hash to its ledger record's ``artefact_sha256``."""
     from personal.errors import ArtefactMismatch
 
-    if hashlib.sha256(data).hexdigest() != released:
+    record = released_record(vault, profile, model)
+    if record is None or hashlib.sha256(data).hexdigest() != record.artefact_sha256:
         raise ArtefactMismatch(f"adapter {model} of profile {profile!r} does not hash to the ledger record that released it; "
                                "nothing stored")
-    vault.put_artefact(profile, ADAPTER, model, data, meta)
+    vault.put_artefact(profile, ADAPTER, model, data, {**meta, "ledger_seq": record.seq})
 
 
 def load_adapter(vault: "Vault", profile: str, base: BaseModel) -> Adapter:
@@ -180,10 +183,10 @@ def load_adapter(vault: "Vault", profile: str, base: BaseModel) -> Adapter:
         data, _ = vault.get_artefact(profile, ADAPTER, base.name)
     except ArtefactNotFound as exc:
         raise ArtefactNotFound(f"profile {profile!r} has no adapter for {base.name}: run `homebody personalize` first") from exc
-    released = released_sha256(vault, profile, base.name)
-    if released is None:
+    record = released_record(vault, profile, base.name)
+    if record is None:
         raise ArtefactMismatch(f"adapter {base.name} of profile {profile!r} refused: no ledger record released it")
-    if hashlib.sha256(data).hexdigest() != released:
+    if hashlib.sha256(data).hexdigest() != record.artefact_sha256:
         raise ArtefactMismatch(f"adapter {base.name} of profile {profile!r} refused: its SHA-256 is not the one the "
                                "ledger recorded at its release (swapped or replaced); personalize again")
     adapter = Adapter.from_bytes(data)
