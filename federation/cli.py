@@ -6,6 +6,11 @@
 - `run` submits the homebody app (`federation.flower_app`) to the SuperLink for R rounds.
 
 TLS is the default; `--insecure` (plain HTTP) is for tests on 127.0.0.1 only.
+
+Every path option (`--home`, `--vault`, TLS files) is made absolute here, once, before any
+process starts: Flower's processes run from the log folder, where a relative path means
+something else. A device is known to the server by `federation.device.device_identity` of its
+vault key (printed by `device`); its profile name stays on the device.
 """
 
 from __future__ import annotations
@@ -31,9 +36,15 @@ def register(app: typer.Typer) -> None:
     app.add_typer(federate_app, name="federate")
 
 
+def _absolute(path: Path) -> Path:
+    """`path` with ~ expanded, made absolute against this command's working folder."""
+    return path.expanduser().resolve()
+
+
 def _tls(insecure: bool, ca: Optional[Path], cert: Optional[Path] = None, key: Optional[Path] = None):
     from federation.deploy import Tls
 
+    ca, cert, key = (None if p is None else _absolute(p) for p in (ca, cert, key))
     if insecure:
         typer.echo("warning: --insecure sends everything in clear; use it only for tests on 127.0.0.1", err=True)
         return None
@@ -77,6 +88,7 @@ def server(
     from federation import deploy
 
     tls = _tls(insecure, ca_cert, cert, key)
+    home = _absolute(home)
     env = deploy.flower_env(home)
     deploy.write_connection(Path(env["FLWR_HOME"]), f"{host}:{port}", tls, insecure)
     typer.echo(f"SuperLink on {host}:{port}; devices: homebody federate device --superlink {host}:{port} ...", err=True)
@@ -88,27 +100,34 @@ def device(
     vault: Path = typer.Option(..., help="The device's vault file."),
     profile: str = typer.Option(..., help="Profile in the vault whose events this device learns from."),
     superlink: str = typer.Option("127.0.0.1:9092", help="SuperLink address host:port."),
-    device_id: Optional[str] = typer.Option(None, help="Name shown in the server's log (default: the profile)."),
     home: Path = typer.Option(Path(".homebody-federation"), help=HOME_HELP),
     runtime_port: int = typer.Option(0, help="Local port of the SuperNode's runtime API (0: pick a free one)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP: tests on 127.0.0.1 only."),
     ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (PEM) that signed the SuperLink's certificate."),
 ) -> None:
-    """Run a SuperNode for one device (Ctrl-C stops it). Only clipped, noised adapter updates leave."""
+    """Run a SuperNode for one device (Ctrl-C stops it). Only clipped, noised adapter updates leave.
+
+    The server knows the device by the hash of its vault's public key (printed here), never by
+    the profile name, which does not leave the device.
+    """
     from federation import deploy
+    from federation.device import device_identity
     from personal.vault import Vault
 
     tls = _tls(insecure, ca_cert)
+    vault, home = _absolute(vault), _absolute(home)
     if not vault.is_file():
         raise FederateCliError(f"vault not found: {vault}")
     passphrase = os.environ.get("HOMEBODY_PASSPHRASE") or typer.prompt("vault passphrase", hide_input=True)
     with Vault.open(vault, passphrase) as opened:  # fail here, clearly, rather than inside Flower
         if profile not in opened.profiles():
             raise FederateCliError(f"profile {profile!r} not in {vault} (profiles: {', '.join(opened.profiles()) or 'none'})")
+        device_id = device_identity(opened.signing_key().public_key())
     env = deploy.flower_env(home, {"HOMEBODY_PASSPHRASE": passphrase})
-    node = {"vault": str(vault.resolve()), "profile": profile, "device-id": device_id or profile}
+    node = {"vault": str(vault), "profile": profile}
     cmd = deploy.supernode_command(superlink, runtime_port or deploy.free_port(), node, tls, insecure)
-    _foreground(f"supernode-{node['device-id']}", cmd, env, home)
+    typer.echo(f"device id (what the server sees): {device_id}", err=True)
+    _foreground(f"supernode-{device_id}", cmd, env, home)
 
 
 @federate_app.command("run")
@@ -134,6 +153,7 @@ def run(
         raise FederateCliError("secagg mode runs on Flower's legacy API: see docs/federation.md (federation.secagg)")
     cfg = FederationConfig(rounds=rounds, noise_multiplier=noise_multiplier, clip_norm=clip_norm, encoding=encoding, mode=mode,
                            min_available_devices=min_devices, min_train_devices=min_devices, min_evaluate_devices=min_devices)
+    home = _absolute(home)
     env = deploy.flower_env(home)
     deploy.write_connection(Path(env["FLWR_HOME"]), superlink, tls, insecure)
     overrides = {k: v for k, v in cfg.to_record().items() if k in _RUN_KEYS}

@@ -6,6 +6,11 @@ ServerApp subprocesses Flower spawns; `Processes` stops everything it started, a
 
 Security: `insecure=True` (plain HTTP on 127.0.0.1) is for tests only. Otherwise pass the
 SuperLink a certificate and key and the SuperNodes (and `flwr run`) the CA certificate.
+
+Paths: every path handed to a Flower process must be absolute (the caller resolves it once,
+see federation/cli.py): the processes run from the log folder, and Flower resolves some paths
+again from there. A relative one is a DeploymentError here rather than a second, empty
+FLWR_HOME under the logs.
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def require_absolute(path: Path | str, what: str) -> Path:
+    """`path` unchanged if absolute; a relative path is a DeploymentError naming `what`."""
+    if not Path(path).is_absolute():
+        raise DeploymentError(f"{what} must be an absolute path (resolve it once, at the command), got {str(path)!r}")
+    return Path(path)
+
+
 def flower_bin(name: str) -> str:
     """Path of a Flower console script next to this interpreter (else on $PATH)."""
     local = Path(sys.executable).with_name(name)
@@ -61,7 +73,8 @@ def flower_bin(name: str) -> str:
 def flower_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for Flower processes: FLWR_HOME/UV folders under `home`, telemetry off, this
     interpreter's bin folder first on PATH (the SuperLink spawns `flower-superexec` by name), and
-    a marker variable by which `Processes` finds every process of this deployment."""
+    a marker variable by which `Processes` finds every process of this deployment. `home` must be absolute."""
+    home = require_absolute(home, "the federation home")
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env[MARKER] = uuid.uuid4().hex
@@ -82,7 +95,12 @@ def superlink_command(port: int, host: str = "127.0.0.1", tls: Tls | None = None
 
 def supernode_command(superlink: str, runtime_port: int, node_config: Mapping[str, str], tls: Tls | None = None,
                       insecure: bool = False) -> list[str]:
-    """`flower-supernode` connected to `superlink` (host:port) with this device's node config."""
+    """`flower-supernode` connected to `superlink` (host:port) with this device's node config
+    (its `vault` must be an absolute path)."""
+    if "vault" in node_config:
+        require_absolute(node_config["vault"], "the node config's vault")
+    if tls is not None:
+        _check_tls_paths(tls)
     config = " ".join(f'{k}="{v}"' for k, v in node_config.items())
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port), "--node-config", config]
     if insecure:
@@ -92,17 +110,27 @@ def supernode_command(superlink: str, runtime_port: int, node_config: Mapping[st
     return cmd + ["--root-certificates", str(tls.ca_cert)]
 
 
+def _check_tls_paths(tls: Tls) -> None:
+    for what, path in (("the CA certificate", tls.ca_cert), ("the certificate", tls.cert), ("the private key", tls.key)):
+        if path is not None:
+            require_absolute(path, what)
+
+
 def _tls_server_args(tls: Tls | None, insecure: bool) -> list[str]:
     if insecure:
         return ["--insecure"]
     if tls is None or tls.cert is None or tls.key is None:
         raise DeploymentError("the SuperLink needs --ssl-certfile and --ssl-keyfile, or --insecure (tests only)")
+    _check_tls_paths(tls)
     return ["--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key), "--ssl-ca-certfile", str(tls.ca_cert)]
 
 
 def write_connection(flwr_home: Path, address: str, tls: Tls | None = None, insecure: bool = False,
                      name: str = CONNECTION) -> None:
     """Write $FLWR_HOME/config.toml naming the SuperLink `flwr run . <name>` submits to."""
+    require_absolute(flwr_home, "FLWR_HOME")
+    if tls is not None and not insecure:
+        _check_tls_paths(tls)
     flwr_home.mkdir(parents=True, exist_ok=True)
     lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
     lines.append("insecure = true" if insecure else f'root-certificates = "{tls.ca_cert if tls else ""}"')
@@ -197,28 +225,34 @@ class Processes:
 
     def leftovers(self) -> list[int]:
         """Live processes carrying one of our deployment markers (Linux /proc; [] elsewhere)."""
-        found = []
-        proc_root = Path("/proc")
-        if not self._markers or not proc_root.is_dir():
-            return found
-        wanted = {f"{MARKER}={m}".encode() for m in self._markers}
-        for entry in proc_root.iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                environ = (entry / "environ").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                continue
-            if state != "Z" and wanted.intersection(environ):
-                found.append(int(entry.name))
-        return found
+        return marked_pids(MARKER, self._markers)
 
     def __enter__(self) -> "Processes":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def marked_pids(var: str, values: set[str] | frozenset[str]) -> list[int]:
+    """Live processes (not zombies, not this one) whose environment has `var` set to one of
+    `values` (Linux /proc; [] elsewhere)."""
+    found: list[int] = []
+    proc_root = Path("/proc")
+    if not values or not proc_root.is_dir():
+        return found
+    wanted = {f"{var}={v}".encode() for v in values}
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and wanted.intersection(environ):
+            found.append(int(entry.name))
+    return found
 
 
 def wait_for_port(host: str, port: int, timeout_s: float = 60.0, proc: subprocess.Popen | None = None) -> None:

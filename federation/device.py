@@ -5,7 +5,12 @@
   2. start from the global adapter and train locally with personal/'s `train_adapter`;
   3. delta = local - global over the shared tensors only; clip to C; add N(0, (sigma*C)^2) on the
      device; encode (fp32 / fp16 / int8 with stochastic rounding); check with `check_update`;
-  4. commit the release to the device's ledger (unit "user") with the sent bytes' SHA-256.
+  4. commit the release to the device's ledger (unit "user") with the sent bytes' SHA-256 and the
+     randomness used (`details["rng"]`).
+
+Noise and stochastic rounding come from the OS CSPRNG (`DeviceRound.rng` defaults to
+`privacy.randomness.SecureGenerator`); only simulations pass a seeded generator (`noise_rng` with
+a seed), and only a gate built with `allow_seeded_noise=True` records such a round.
 
 Local training inside a round is plain (not DP-SGD): the user-level guarantee comes from the
 clip + noise applied to the whole update, which covers every record of the device at once.
@@ -31,6 +36,7 @@ import numpy as np
 from federation.config import FederationConfig
 from federation.update import Arrays, Update, build_update, decode, delta_of, encode, spec_of
 from privacy.errors import HomebodyError
+from privacy.randomness import OS_CSPRNG, NoiseSource, SecureGenerator, noise_source, rng_kind
 
 if TYPE_CHECKING:
     from personal.adapter import Adapter
@@ -40,6 +46,20 @@ if TYPE_CHECKING:
 
 USER = "user"
 MECHANISM = {"device": "dp-fedavg-device-noise", "secagg": "dp-fedavg-secagg-share", "central": "dp-fedavg-central"}
+DEVICE_ID_HEX = 16
+
+
+def device_identity(public_key) -> str:
+    """The id a real device is known by to the server: the first 16 hex digits of the SHA-256 of
+    its vault's raw Ed25519 public key. Unique per vault and stable across runs; unlike the
+    profile name (personal, and shared by every owner who kept the default) it says nothing
+    about the owner."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:DEVICE_ID_HEX]
 
 
 class DeviceDeclined(HomebodyError):
@@ -59,7 +79,7 @@ class DeviceRound:
     sample_rate: float = 1.0
     gate: "ReleaseGate | None" = None
     profile: str = "default"
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    rng: NoiseSource = field(default_factory=SecureGenerator)  # OS CSPRNG; a seeded one only in simulations
     observe: Callable[[str, Arrays], None] | None = None
     seed: int = 0
     run: str = ""  # the federation run; "" charges each participation as one round (no catch-up)
@@ -123,12 +143,10 @@ def adapter_from_arrays(base: "BaseModel", arrays: Arrays, labels: Sequence[str]
     return Adapter(base.identity(), list(labels), {k: np.asarray(v, np.float32) for k, v in arrays.items()}, lora_settings(config))
 
 
-def noise_rng(seed: int | None, server_round: int, stream: int) -> np.random.Generator:
-    """A device's noise generator for one round: OS entropy without a seed, else the seeded
-    stream (seed, round, stream) — the same in every engine for the same device."""
-    if seed is None:
-        return np.random.default_rng()
-    return np.random.default_rng([seed, server_round, stream])
+def noise_rng(seed: int | None, server_round: int, stream: int) -> NoiseSource:
+    """A device's noise generator for one round: the OS CSPRNG without a seed; with one (simulations
+    only), the seeded stream (seed, round, stream) — the same in every engine for the same device."""
+    return noise_source(None if seed is None else [seed, server_round, stream])
 
 
 def round_mechanism(config: FederationConfig, sample_rate: float, rounds: int = 1):
@@ -153,14 +171,16 @@ def rounds_to_charge(device: DeviceRound) -> int:
 
 
 def settle_run(gate: "ReleaseGate", profile: str, run: str, rounds: int, config: FederationConfig, sample_rate: float,
-               artefact_sha256: str) -> float:
+               artefact_sha256: str, rng: str = OS_CSPRNG) -> float:
     """At the end of a run, charge the rounds after the device's last participation (they released
-    global adapters its data could have been sampled into). Returns the device's user-level epsilon."""
+    global adapters its data could have been sampled into). Returns the device's user-level epsilon.
+    ``rng`` names the randomness of the run's noise (a seeded simulation passes "seeded")."""
     owed = rounds - last_charged_round(gate, profile, run)
     if owed > 0 and config.noise_multiplier > 0:
         gate.commit(profile, USER, round_mechanism(config, sample_rate, owed), artefact_sha256=artefact_sha256,
                     mechanism=MECHANISM[config.mode],
-                    details={"round": rounds, "run": run, "rounds_charged": owed, "settlement": True, "mode": config.mode})
+                    details={"round": rounds, "run": run, "rounds_charged": owed, "settlement": True, "mode": config.mode,
+                             "rng": rng})
     return float(gate.spent(profile, USER))
 
 
@@ -179,6 +199,9 @@ def train_round(
     charged = rounds_to_charge(device) if private else 1
     mech = round_mechanism(config, device.sample_rate, charged)
     if device.gate is not None and private:
+        from privacy.budget import check_rng
+
+        check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # a real device refuses seeded noise, before any work
         _check_budget(device, mech)
     result = train_adapter(base, examples, global_adapter.labels, train_config(config, config.local_epochs, device.seed),
                            DPConfig.non_private(), init=global_adapter)
@@ -199,7 +222,8 @@ def train_round(
         record = device.gate.commit(
             device.profile, USER, mech, artefact_sha256=wire.sha256(), mechanism=MECHANISM[config.mode],
             details={"round": device.round, "run": device.run, "rounds_charged": charged, "clip_norm": config.clip_norm,
-                     "device_sigma": config.device_sigma, "encoding": config.encoding, "mode": config.mode},
+                     "device_sigma": config.device_sigma, "encoding": config.encoding, "mode": config.mode,
+                     "rng": rng_kind(device.rng)},
         )
         epsilon = float(record.epsilon)
     return RoundResult(decode(wire), wire, epsilon, raw_norm, len(examples))
@@ -211,7 +235,8 @@ def _check_budget(device: DeviceRound, mech) -> None:
     try:
         device.gate.check(device.profile, USER, mech)  # type: ignore[union-attr]
     except BudgetExhausted as exc:
-        raise DeviceDeclined(f"device {device.device_id} declines round {device.round}: user-level budget spent ({exc})") from exc
+        # The reason goes to the server: the ledger's wording names the profile, so it stays here.
+        raise DeviceDeclined(f"device {device.device_id} declines round {device.round}: user-level budget spent") from exc
 
 
 def split_examples(examples: Sequence["Example"], holdout: float = 0.2) -> tuple[list["Example"], list["Example"]]:

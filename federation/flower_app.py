@@ -12,7 +12,9 @@ Messages
 
 `server_app` / `client_app` at module level are what `flwr run` loads (see [tool.flwr.app] in
 pyproject.toml); the client side reads its device from a vault (`--node-config
-'vault="..." profile="..." device-id="..."'`, passphrase in $HOMEBODY_PASSPHRASE).
+'vault="/abs/path" profile="..."'`, passphrase in $HOMEBODY_PASSPHRASE). A real device's
+`device_id` is `federation.device.device_identity` of its vault's key: the profile name is
+personal and never leaves the device (not in headers, metrics or decline reasons).
 `run_simulation(population, config, labels)` runs the same apps in Flower's simulation runtime.
 """
 
@@ -35,6 +37,7 @@ from federation.config import FederationConfig
 from federation.server import PopulationSummary, Rejection, aggregate, user_epsilon
 from federation.update import Arrays, Update, UpdateRejected, WireUpdate, decode, spec_of
 from privacy.errors import HomebodyError
+from privacy.randomness import noise_source
 
 if TYPE_CHECKING:
     from flwr.app import ArrayRecord, Context, Message, RecordDict
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 
     from personal.examples import Example
     from privacy.budget import ReleaseGate
+    from privacy.randomness import NoiseSource
 
 LOG = logging.getLogger("homebody.federation.flower")
 PASSPHRASE_ENV = "HOMEBODY_PASSPHRASE"
@@ -137,13 +141,17 @@ class DeviceHandle:
     # Which seeded noise stream the device draws from when the federation has a seed. None: its
     # Flower node id. Simulations give the device's index, so every engine draws the same noise.
     noise_stream: int | None = None
+    # Only a simulated device may follow the run's seed. A real device always draws from the OS
+    # CSPRNG, whatever seed a server puts in the run config: a noise seed known to the server
+    # would let it subtract the noise.
+    seeded_noise: bool = False
 
-    def noise_rng(self, seed: int | None, server_round: int, context: "Context") -> np.random.Generator:
+    def noise_rng(self, seed: int | None, server_round: int, context: "Context") -> "NoiseSource":
         """The device's noise generator for one round (`federation.device.noise_rng`)."""
         from federation.device import noise_rng
 
         stream = self.noise_stream if self.noise_stream is not None else context.node_id % (2**32)
-        return noise_rng(seed, server_round, stream)
+        return noise_rng(seed if self.seeded_noise else None, server_round, stream)
 
 
 def run_name(context: "Context") -> str:
@@ -183,12 +191,14 @@ class PopulationSource:
         gate, close = (None, lambda: None)
         if self.ledger_dir:
             gate, close = _sim_gate(Path(self.ledger_dir), device.device_id, self.epsilon_cap)
-        return DeviceHandle(device.device_id, train, test, gate, device.device_id, close, noise_stream=index)
+        return DeviceHandle(device.device_id, train, test, gate, device.device_id, close, noise_stream=index,
+                            seeded_noise=True)
 
 
 def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple["ReleaseGate", Callable[[], None]]:
     """A per-device ledger for a simulated device: its own SQLite file and Ed25519 key
-    (and, if given, a user-level policy with that epsilon cap at delta 1e-5)."""
+    (and, if given, a user-level policy with that epsilon cap at delta 1e-5). A simulation may run
+    seeded for reproducibility, so its gate accepts seeded noise (recorded as such)."""
     import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -199,7 +209,7 @@ def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple[
     if not key_path.exists():
         key_path.write_bytes(Ed25519PrivateKey.generate().private_bytes_raw())
     db = sqlite_utils.Database(folder / f"{device_id}.db")
-    gate = ReleaseGate(db, signer=Ed25519PrivateKey.from_private_bytes(key_path.read_bytes()))
+    gate = ReleaseGate(db, signer=Ed25519PrivateKey.from_private_bytes(key_path.read_bytes()), allow_seeded_noise=True)
     if epsilon_cap is not None:
         gate.set_policy(device_id, "user", BudgetPolicy(epsilon_cap=epsilon_cap, delta=1e-5))
     return gate, db.close
@@ -208,13 +218,17 @@ def _sim_gate(folder: Path, device_id: str, epsilon_cap: float | None) -> tuple[
 @dataclass
 class VaultSource:
     """Deployment: the SuperNode's node config names the vault and profile; the passphrase comes
-    from the environment variable named by node config `passphrase-env` (default HOMEBODY_PASSPHRASE)."""
+    from the environment variable named by node config `passphrase-env` (default HOMEBODY_PASSPHRASE).
+
+    The device id is derived from the vault's sealed signing key (`device_identity`), never
+    from the profile or a name in the node config: two owners who both kept profile `me` are
+    two devices to the server, and the profile name is not sent."""
 
     history: int = 3
     holdout: float = 0.2
 
     def open(self, context: "Context") -> DeviceHandle:
-        from federation.device import split_examples
+        from federation.device import device_identity, split_examples
         from personal.examples import events_to_examples
         from personal.vault import Vault
         from privacy.budget import ReleaseGate
@@ -227,8 +241,9 @@ class VaultSource:
         profile = str(cfg.get("profile", "default"))
         examples = events_to_examples(vault.events(profile), history=self.history)
         train, test = split_examples(examples, self.holdout)
-        gate = ReleaseGate(vault.db, signer=vault.signing_key())
-        return DeviceHandle(str(cfg.get("device-id", profile)), train, test, gate, profile, vault.close)
+        signer = vault.signing_key()
+        gate = ReleaseGate(vault.db, signer=signer)
+        return DeviceHandle(device_identity(signer.public_key()), train, test, gate, profile, vault.close)
 
 
 class FederationSetupError(Exception):
@@ -314,7 +329,8 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
             try:
                 result = dev.train_round(base, adapter, handle.train, cfg, round_ctx)
             except HomebodyError as exc:  # budget spent, no usable events...: decline and say why
-                return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": str(exc)})}), reply_to=msg)
+                reason = _decline_reason(exc, handle.device_id, rnd)
+                return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": reason})}), reply_to=msg)
         finally:
             handle.close()
         content = wire_to_content(result.wire, {})
@@ -333,6 +349,18 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
         return Message(RecordDict({"metrics": MetricRecord(metrics), "header": ConfigRecord({"device_id": handle.device_id})}), reply_to=msg)
 
     return app
+
+
+def _decline_reason(exc: HomebodyError, device_id: str, rnd: int) -> str:
+    """What the server is told when a device declines: DeviceDeclined's own reason (written to be
+    sent), else only the error's type. Other errors' wording may name the profile or a path,
+    so it is logged here, on the device, and not sent."""
+    from federation.device import DeviceDeclined
+
+    if isinstance(exc, DeviceDeclined):
+        return exc.reason
+    LOG.warning("round %d: device %s cannot train: %s", rnd, device_id, exc)
+    return f"device {device_id} declines round {rnd}: {type(exc).__name__}"
 
 
 # ----------------------------------------------------------------------------- server side
@@ -405,7 +433,7 @@ class HomebodyStrategy:
         self.declined: dict[str, str] = {}
         self.sample_rates: list[float] = []
         self.rng = random.Random(seed)
-        self.np_rng = np.random.default_rng(seed)
+        self.np_rng = noise_source(seed)  # central mode's noise: the OS CSPRNG unless a simulation seeds it
         self._sent: dict[tuple[str, int], list["Message"]] = {}
         self._t0 = time.perf_counter()
 
@@ -549,7 +577,7 @@ class HomebodyStrategy:
         q = float(np.mean(self.sample_rates)) if self.sample_rates and self.config.amplify else 1.0
         summary = PopulationSummary(  # every round counts for every device, sampled or not (amplification)
             rounds=len(self.rounds), sample_rate=q, noise_multiplier=self.config.noise_multiplier, delta=self.config.delta,
-            epsilon=self._epsilon(len(self.rounds)), accountant="pld", devices_seen=len(self.node_names),
+            epsilon=self._epsilon(len(self.rounds)), accountant="pld", devices_seen=len(set(self.node_names.values())),
             participations=dict(self.participations), declined=dict(self.declined),
             rejected=[r for rec in self.rounds.values() for r in rec.rejected],
         )

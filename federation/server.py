@@ -16,6 +16,7 @@ import numpy as np
 
 from federation.config import FederationConfig
 from federation.update import AdapterSpec, Arrays, Update, UpdateRejected, check_update
+from privacy.randomness import SecureGenerator
 
 LOG = logging.getLogger("homebody.federation.server")
 
@@ -46,12 +47,18 @@ def server_sigma(config: FederationConfig) -> float:
 
 
 def screen(updates: Iterable[Update], spec: AdapterSpec, config: FederationConfig, round: int) -> tuple[list[Update], list[Rejection]]:
-    """Split updates into accepted and rejected, logging each rejection with its reason."""
-    accepted, rejected = [], []
+    """Split updates into accepted and rejected, logging each rejection with its reason.
+
+    A device counts once per round: a second update under a device id already accepted this
+    round is rejected, so user-level accounting and the mean stay one-user-one-vote.
+    """
+    accepted, rejected, seen = [], [], set()
     for update in updates:
         try:
             if update.header.round != round:
                 raise UpdateRejected("bad-header", f"update for round {update.header.round} received in round {round}")
+            if update.header.device_id in seen:
+                raise UpdateRejected("bad-header", f"device {update.header.device_id} already sent an update this round")
             check_update(update, spec, config.clip_norm, sigma=server_sigma(config))
         except UpdateRejected as exc:
             rejection = Rejection(update.header.device_id, round, exc.reason, exc.detail)
@@ -59,6 +66,7 @@ def screen(updates: Iterable[Update], spec: AdapterSpec, config: FederationConfi
             rejected.append(rejection)
             continue
         accepted.append(update)
+        seen.add(update.header.device_id)
     return accepted, rejected
 
 
@@ -86,7 +94,7 @@ def aggregate(
         for name in spec:
             total[name] += update.arrays[name]
     if config.mode == "central" and config.noise_multiplier > 0:
-        rng = rng or np.random.default_rng()
+        rng = rng if rng is not None else SecureGenerator()  # the trusted server's noise: the OS CSPRNG
         std = config.noise_multiplier * config.clip_norm
         total = {k: v + rng.normal(0.0, std, size=v.shape) for k, v in total.items()}
     step = config.server_lr / len(accepted)

@@ -10,6 +10,9 @@ depend on the owner's data and are not protected by the noise, so they stay on t
 `check_update` is the ONE check used by a device before sending and by the server on
 receipt: names, shapes, finite values, and an L2 bound (exactly C before noise; after
 noise C plus a high-probability bound on the Gaussian's norm, plus the encoding's error).
+
+The noise and the int8 stochastic rounding draw from the OS CSPRNG (`privacy.randomness`)
+unless a caller passes a seeded generator (simulations and tests only).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from privacy.errors import HomebodyError
+from privacy.randomness import NoiseSource, SecureGenerator
 
 AdapterSpec = Mapping[str, tuple[int, ...]]
 Arrays = dict[str, np.ndarray]
@@ -130,8 +134,10 @@ def clip(arrays: Mapping[str, np.ndarray], clip_norm: float) -> tuple[Arrays, fl
     return {k: (np.asarray(v, np.float32) * np.float32(factor)) for k, v in arrays.items()}, norm
 
 
-def add_gaussian_noise(arrays: Mapping[str, np.ndarray], std: float, rng: np.random.Generator) -> Arrays:
-    """Add N(0, std^2) independently to every coordinate (drawn in float64, stored float32)."""
+def add_gaussian_noise(arrays: Mapping[str, np.ndarray], std: float, rng: NoiseSource | None = None) -> Arrays:
+    """Add N(0, std^2) independently to every coordinate (drawn in float64, stored float32);
+    from the OS CSPRNG unless a seeded ``rng`` is given."""
+    rng = SecureGenerator() if rng is None else rng
     if std == 0:
         return {k: np.asarray(v, np.float32).copy() for k, v in arrays.items()}
     return {k: (np.asarray(v, np.float64) + rng.normal(0.0, std, size=np.shape(v))).astype(np.float32) for k, v in arrays.items()}
@@ -145,11 +151,11 @@ def build_update(
     device_id: str,
     clip_norm: float,
     sigma: float,
-    rng: np.random.Generator,
+    rng: NoiseSource | None = None,
     encoding: str = "fp32",
     observe: Callable[[str, Arrays], None] | None = None,
 ) -> tuple[Update, float]:
-    """Clip the delta to C, check it, add N(0, (sigma*C)^2), check again.
+    """Clip the delta to C, check it, add N(0, (sigma*C)^2) (OS CSPRNG unless ``rng`` is seeded), check again.
 
     Returns the update and the norm before clipping (which stays on the device).
     `observe("clipped", arrays)` lets an on-device auditor see the pre-noise update; it is
@@ -165,8 +171,9 @@ def build_update(
     return noised, raw_norm
 
 
-def encode(update: Update, rng: np.random.Generator) -> WireUpdate:
-    """Encode in the header's encoding: fp32, fp16, or int8 with stochastic rounding.
+def encode(update: Update, rng: NoiseSource | None = None) -> WireUpdate:
+    """Encode in the header's encoding: fp32, fp16, or int8 with stochastic rounding (its
+    uniforms from the OS CSPRNG unless a seeded ``rng`` is given).
 
     int8: per tensor, scale = max|x| / 127 and q = floor(x/scale + U[0,1)), so that
     E[q * scale] = x (unbiased) and the error per coordinate is below one scale step.
@@ -178,6 +185,7 @@ def encode(update: Update, rng: np.random.Generator) -> WireUpdate:
     if encoding == "fp16":
         return WireUpdate(header, {k: np.asarray(v, np.float32).astype(np.float16) for k, v in update.arrays.items()})
     if encoding == "int8":
+        rng = SecureGenerator() if rng is None else rng
         arrays, scales = {}, {}
         for name, value in update.arrays.items():
             arrays[name], scales[name] = _int8_stochastic(np.asarray(value, np.float64), rng)
@@ -185,7 +193,7 @@ def encode(update: Update, rng: np.random.Generator) -> WireUpdate:
     raise UpdateRejected("bad-header", f"unknown encoding {encoding!r}")
 
 
-def _int8_stochastic(value: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+def _int8_stochastic(value: np.ndarray, rng: NoiseSource) -> tuple[np.ndarray, float]:
     peak = float(np.max(np.abs(value))) if value.size else 0.0
     if peak == 0.0 or not math.isfinite(peak):
         # A non-finite tensor is passed through as NaN scale so the receiver's check rejects it.

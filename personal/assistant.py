@@ -332,7 +332,12 @@ class Assistant:
     def record(self, events: EventLike | Iterable[EventLike]) -> int:
         """Store one event or several (an ``Event`` or a mapping with event, timestamp, context, text)."""
         batch = [events] if isinstance(events, (Event, Mapping)) else list(events)
-        parsed = [self._event(e) for e in batch]
+        parsed = []
+        for i, item in enumerate(batch):  # all or nothing: any refusal names the event and stores none
+            try:
+                parsed.append(self._event(item))
+            except InvalidEvent as exc:
+                raise InvalidEvent(f"event {i}: {exc}" if len(batch) > 1 else str(exc)) from None
         with self._vault_lock:
             added = self.vault.add_events(parsed)
         self._bump()
@@ -349,7 +354,7 @@ class Assistant:
         if unknown:
             raise InvalidEvent(f"unknown event field(s): {', '.join(sorted(unknown))}")
         if item.get("user", self.profile) != self.profile:
-            raise InvalidEvent(f"this assistant records for profile {self.profile!r}, not {item['user']!r}")
+            raise InvalidEvent(f"this assistant records for profile {self.profile!r}, not another one")
         when = item.get("timestamp")
         if when is None:
             when = datetime.now().astimezone()
@@ -359,8 +364,11 @@ class Assistant:
             try:
                 when = parse_timestamp(when)
             except ValueError as exc:
-                raise InvalidEvent(str(exc)) from None
-        return Event(self.profile, when, item.get("event"), dict(item.get("context") or {}), item.get("text"))
+                raise InvalidEvent(f"timestamp: {exc}") from None
+        context = item.get("context") or {}
+        if not isinstance(context, Mapping):
+            raise InvalidEvent(f"context must be a mapping of strings, got {type(context).__name__}")
+        return Event(self.profile, when, item.get("event"), dict(context), item.get("text"))  # the vault's one check
 
     def count(self) -> int:
         """How many events the owner has stored."""

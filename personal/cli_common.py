@@ -7,14 +7,18 @@ The passphrase never comes from the command line. Sources, first found wins:
 from __future__ import annotations
 
 import os
+import stat
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from personal.errors import NotAVault, PassphraseMissing
+from personal.errors import KeyFileUnsafe, NotAVault, PassphraseMissing, StoredEventsSkipped
 
 if TYPE_CHECKING:
     from personal.vault import Vault
@@ -48,9 +52,20 @@ def resolve_vault_path(path: Optional[Path]) -> Path:
 
 
 def read_key_file(path: Path) -> str:
-    """The passphrase stored in a key file (first line, without its line ending)."""
+    """The passphrase stored in a key file (first line, without its line ending).
+
+    Like ssh with a private key, a file that its group or others may read or write is refused:
+    the passphrase in it opens every sealed value of the vault.
+    """
     try:
-        text = path.expanduser().read_text(encoding="utf-8")
+        with open(path.expanduser(), "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode  # the file actually opened, not a name that may change
+            if os.name == "posix" and mode & 0o077:
+                raise KeyFileUnsafe(
+                    f"key file {path} has mode {stat.S_IMODE(mode):04o}: others than you may read it; "
+                    f"run `chmod 600 {path}` (a key file must be owner-only)"
+                )
+            text = fh.read().decode("utf-8")
     except FileNotFoundError:
         raise PassphraseMissing(f"key file {path} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -85,3 +100,16 @@ def open_vault(path: Optional[Path], key_file: Optional[Path] = None) -> "Vault"
     if not resolved.is_file():
         raise NotAVault(f"no vault at {resolved}; create one with `homebody vault init --vault {resolved}`")
     return Vault.open(resolved, get_passphrase(key_file))
+
+
+@contextmanager
+def report_skipped_events() -> Iterator[None]:
+    """Show the vault's warnings about unusable stored events as one line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", StoredEventsSkipped)
+        yield
+    for w in caught:
+        if issubclass(w.category, StoredEventsSkipped):
+            err_console.print(f"[yellow]warning:[/] {w.message}", highlight=False, soft_wrap=True)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -33,27 +33,45 @@ def _read_text(path: Path) -> str:
 def verify(
     file: Path = typer.Argument(..., help="The labelled text file."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="Manifest JSON (default: FILE.manifest.json)."),
-    public_key: Optional[str] = typer.Option(None, "--public-key", help="Expected signer key (hex or base64); default: trust the manifest's key for integrity only."),
+    public_key: Optional[list[str]] = typer.Option(
+        None, "--public-key", help="A signer key to trust (hex or base64; repeatable). See `homebody label key`."
+    ),
+    vault: Optional[Path] = typer.Option(
+        None, "--vault", help="Trust this vault's device key (opens it: passphrase from --key-file / env / prompt)."
+    ),
+    key_file: KeyFile = None,
     as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
 ) -> None:
-    """Report valid / tampered / unsigned with the reason; exit 0 only when valid."""
+    """Report valid / untrusted / tampered / unsigned with the reason; exit 0 only when valid.
+
+    valid needs a trusted signer: the device's key (--vault) or a key given with --public-key.
+    An intact manifest signed by any other key is "untrusted" (exit 1).
+    """
     from personal.provenance.labelled import sidecar_path
     from personal.provenance.manifest import load_manifest
-    from personal.provenance.verify import Verdict, verify_labelled
+    from personal.provenance.verify import Verdict, trusted_key_ids, verify_labelled
 
+    trusted = list(public_key or [])
+    trusted_key_ids(trusted_keys=trusted)  # a malformed --public-key is a usage error, not a verdict
+    if vault is not None:
+        from personal.cli_common import open_vault
+
+        with open_vault(vault, key_file) as v:
+            trusted.append(v.signing_key().public_key())  # from the sealed key, not the clear meta copy
     text = _read_text(file)
     path = manifest or sidecar_path(file)
     if not path.is_file():
         verdict = Verdict("unsigned", f"no manifest found at {path}")
     else:
         try:
-            verdict = verify_labelled(text, load_manifest(path.read_bytes()), public_key=public_key)
+            verdict = verify_labelled(text, load_manifest(path.read_bytes()), trusted_keys=trusted)
         except ManifestError as exc:
             verdict = Verdict("tampered", str(exc))
     if as_json:
-        typer.echo(json.dumps({"status": verdict.status, "reason": verdict.reason, "key_id": verdict.key_id}))
+        typer.echo(json.dumps(verdict.to_dict()))
     else:
-        typer.echo(str(verdict))
+        hint = "; trust the signer with --vault or --public-key" if verdict.status == "untrusted" else ""
+        typer.echo(f"{verdict}{hint}")
     raise typer.Exit(0 if verdict.ok else 1)
 
 

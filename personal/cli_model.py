@@ -42,7 +42,6 @@ def personalize(
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-example clipping bound."),
     rank: int = typer.Option(8, "--rank", help="LoRA rank."),
     layers: Optional[str] = typer.Option("-1", "--layers", help="LoRA layers, comma-separated (negative from the top); 'all' for every layer."),
-    secure_rng: bool = typer.Option(False, "--secure-rng", help="Sampling and noise from the OS CSPRNG (production)."),
     vault: VaultPath = None,
     key_file: KeyFile = None,
 ) -> None:
@@ -64,9 +63,9 @@ def personalize(
         raise BadOption(f"--layers {layers!r}: use comma-separated integers or 'all'") from None
     dp = DPConfig.non_private() if non_private else DPConfig(
         epsilon=epsilon if noise_multiplier is None else None, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, secure_rng=secure_rng)  # delta: the profile's budget policy
+        max_grad_norm=max_grad_norm)  # delta: the profile's budget policy; noise and sampling: the OS CSPRNG
     if dp.enabled and dp.epsilon is None and dp.noise_multiplier is None:
-        dp = DPConfig(epsilon=3.0, max_grad_norm=max_grad_norm, secure_rng=secure_rng)
+        dp = DPConfig(epsilon=3.0, max_grad_norm=max_grad_norm)
     cfg = TrainConfig(lora=LoraSettings(r=rank, alpha=2 * rank, layers=layer_set), epochs=epochs,
                       batch_size=batch_size, lr=lr)
     bar = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),

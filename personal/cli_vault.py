@@ -20,6 +20,7 @@ from personal.cli_common import (
     err_console,
     get_passphrase,
     open_vault,
+    report_skipped_events,
     resolve_vault_path,
 )
 from personal.errors import VaultError
@@ -68,10 +69,8 @@ def import_(
         with console.status(f"sealing and storing {len(result.events):,} events..."):
             added = v.add_events(result.events)
     console.print(f"imported {added:,} events from {file}" + (f" ({len(result.skipped)} malformed rows skipped)" if result.skipped else ""))
-    for line, why in result.skipped[:20]:
-        err_console.print(f"skipped line {line}: {why}", highlight=False)
-    if len(result.skipped) > 20:
-        err_console.print(f"... and {len(result.skipped) - 20} more skipped rows")
+    for line, why in result.skipped:  # every one: a silently dropped row is a lost event
+        err_console.print(f"skipped line {line}: {why}", highlight=False, soft_wrap=True)
 
 
 @vault_app.command("add")
@@ -112,7 +111,7 @@ def list_(
     key_file: KeyFile = None,
 ) -> None:
     """List profiles (with counts), or one profile's latest events and its artefacts."""
-    with open_vault(vault, key_file) as v:
+    with open_vault(vault, key_file) as v, report_skipped_events():
         if profile is None:
             info = v.info()
             table = Table(title=f"{info['path']} — {info['events']:,} events, {info['kdf']}" + (" (FAST KDF)" if info["fast_kdf"] else ""))
@@ -146,7 +145,7 @@ def export(
 
     if str(out) != "-":
         detect_format(out, fmt)  # fail before decrypting anything
-    with open_vault(vault, key_file) as v:
+    with open_vault(vault, key_file) as v, report_skipped_events():
         names = [profile] if profile else v.profiles()
         events = [ev for name in names for ev in v.events(name)]
     n = export_events(events, str(out) if str(out) == "-" else out, fmt)

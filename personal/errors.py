@@ -78,4 +78,24 @@ class InvalidArtefact(VaultError, ValueError):
 
 
 class EventsFileError(VaultError):
-    """An events file cannot be read at all (missing, unknown format, not UTF-8, no header)."""
+    """An events file cannot be read at all (missing, unknown format, empty, not writable)."""
+
+
+class KeyFileUnsafe(PassphraseMissing):
+    """A --key-file that others than its owner may read or write (refused, as ssh refuses such keys)."""
+
+
+class ArtefactMismatch(VaultError):
+    """A stored adapter is not the one the ledger says was released (swapped in, or stored outside the release path)."""
+
+
+class StoredEventsSkipped(UserWarning):
+    """Events stored before input validation whose timestamp is unusable: readers skip them (`vault verify` lists them)."""
+
+    def __init__(self, profile: str, rows: list[int]) -> None:
+        self.profile, self.rows = profile, list(rows)
+        shown = ", ".join(map(str, self.rows[:10])) + (" ..." if len(self.rows) > 10 else "")
+        super().__init__(
+            f"skipped {len(self.rows)} stored event(s) of profile {profile!r} with a timestamp outside "
+            f"the supported range (events rows {shown}); `homebody vault verify` lists them"
+        )

@@ -37,6 +37,7 @@ from personal.training import DPConfig, MechanismPlan, TrainConfig, TrainingErro
 
 if TYPE_CHECKING:
     from personal.vault import Vault
+    from privacy.ledger import LedgerRecord
 
 ADAPTER, CHECKPOINT = "adapter", "checkpoint"
 UNIT = "record"
@@ -62,7 +63,7 @@ def run_id(base: BaseModel, examples, plan: MechanismPlan | None, cfg: TrainConf
     h = hashlib.sha256()
     h.update(json.dumps(base.identity(), sort_keys=True).encode())
     h.update(json.dumps([cfg.lora.to_dict(), cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.max_length,
-                         cfg.seed, dp.enabled, dp.max_grad_norm, dp.delta, dp.secure_rng], default=str).encode())
+                         cfg.seed, dp.enabled, dp.max_grad_norm, dp.delta, dp.rng], default=str).encode())
     if plan is not None:
         h.update(json.dumps([plan.noise_multiplier, plan.sample_rate, plan.steps]).encode())
     for e in examples:
@@ -95,20 +96,26 @@ def personalize(
     history: int = 3,
     progress: Callable[[int, int, float], None] | None = None,
     checkpoint_every: int = 25,
+    allow_seeded_noise: bool = False,
 ) -> PersonalizeResult:
-    """Personalise ``base`` for ``profile``: check → train (resumable) → commit → store sealed."""
-    from privacy.budget import ReleaseGate
+    """Personalise ``base`` for ``profile``: check → train (resumable) → commit → store sealed.
+
+    The noise and sampling come from ``dp.rng`` (the OS CSPRNG by default); a ``"seeded"`` run is
+    refused before any work unless ``allow_seeded_noise`` (tests that need reproducible runs).
+    """
+    from privacy.budget import ReleaseGate, check_rng
 
     events = vault.events(profile)
     if len(events) < 2:
         raise TrainingError(f"profile {profile!r} has {len(events)} event(s): need at least 2 to learn from")
     labels = label_space(events)
     examples = usable_examples(base, events_to_examples(events, history), labels)
-    gate = ReleaseGate(vault.db, signer=vault.signing_key())
+    gate = ReleaseGate(vault.db, signer=vault.signing_key(), allow_seeded_noise=allow_seeded_noise)
     if dp.enabled:  # the budget policy's delta and the gate's accountant govern the release
         dp = replace(dp, delta=gate.policy(profile, UNIT).delta, accountant=gate.accountant)
     plan = plan_mechanism(len(examples), cfg, dp) if dp.enabled else None
     if plan is not None:
+        check_rng(dp.rng, gate.allow_seeded_noise)  # SeededNoiseRefused before any work
         gate.check(profile, UNIT, plan.mechanism())  # raises BudgetExhausted; writes nothing
     rid = run_id(base, examples, plan, cfg, dp)
     init, start = _load_checkpoint(vault, profile, base.name, rid)
@@ -124,12 +131,14 @@ def personalize(
     details = {"model": base.name, "base_sha256": base.weights_sha256, "examples": len(examples),
                "max_grad_norm": dp.max_grad_norm, "lora": cfg.lora.to_dict(), "resumed_from": start}
     if plan is not None:
+        details["rng"] = dp.rng  # noise and sampling; a real gate refuses "seeded"
         gate.commit(profile, UNIT, plan.mechanism(), artefact_sha256=digest, details=details)
     else:
         gate.commit_non_private(profile, UNIT, artefact_sha256=digest, details=details)
-    vault.put_artefact(profile, ADAPTER, base.name, adapter.to_bytes(),
-                       {"sha256": digest, "non_private": plan is None, "epsilon": res.epsilon, "delta": res.delta,
-                        "steps": res.steps, "labels": len(labels)})
+    # Bound to what the ledger now holds (read back), not to what was sent to it.
+    store_released(vault, profile, base.name, adapter.to_bytes(),
+                   {"sha256": digest, "non_private": plan is None, "epsilon": res.epsilon, "delta": res.delta,
+                    "steps": res.steps, "labels": len(labels)})
     if init is not None or res.steps > checkpoint_every:
         _drop_checkpoint(vault, profile, base.name)
     return PersonalizeResult(adapter, res, plan, start)
@@ -144,14 +153,49 @@ def _drop_checkpoint(vault: "Vault", profile: str, name: str) -> None:
         pass
 
 
+def released_record(vault: "Vault", profile: str, model: str) -> "LedgerRecord | None":
+    """The latest ledger record releasing ``profile``'s adapter for base ``model`` (None if there is none).
+
+    The one place personal/ reads the ledger for artefact binding (through its public read API).
+    """
+    from privacy.ledger import Ledger
+
+    for record in reversed(Ledger(vault.db, signer=vault.signing_key()).records(profile, UNIT)):
+        if record.details.get("model") == model:
+            return record
+    return None
+
+
+def store_released(vault: "Vault", profile: str, model: str, data: bytes, meta: dict) -> None:
+    """Store an adapter just released: its bytes must hash to its ledger record's ``artefact_sha256``."""
+    from personal.errors import ArtefactMismatch
+
+    record = released_record(vault, profile, model)
+    if record is None or hashlib.sha256(data).hexdigest() != record.artefact_sha256:
+        raise ArtefactMismatch(f"adapter {model} of profile {profile!r} does not hash to the ledger record that released it; "
+                               "nothing stored")
+    vault.put_artefact(profile, ADAPTER, model, data, {**meta, "ledger_seq": record.seq})
+
+
 def load_adapter(vault: "Vault", profile: str, base: BaseModel) -> Adapter:
-    """The profile's released adapter for ``base`` (checked against the base's identity)."""
-    from personal.errors import ArtefactNotFound
+    """The profile's released adapter for ``base``: bound to its ledger record, checked against the base.
+
+    A stored adapter whose SHA-256 is not the ``artefact_sha256`` of the latest ledger record that
+    released one for this profile and base (e.g. a ciphertext copied in from another copy of the
+    vault, which opens with the same keys) is refused with ``ArtefactMismatch``.
+    """
+    from personal.errors import ArtefactMismatch, ArtefactNotFound
 
     try:
         data, _ = vault.get_artefact(profile, ADAPTER, base.name)
     except ArtefactNotFound as exc:
         raise ArtefactNotFound(f"profile {profile!r} has no adapter for {base.name}: run `homebody personalize` first") from exc
+    record = released_record(vault, profile, base.name)
+    if record is None:
+        raise ArtefactMismatch(f"adapter {base.name} of profile {profile!r} refused: no ledger record released it")
+    if hashlib.sha256(data).hexdigest() != record.artefact_sha256:
+        raise ArtefactMismatch(f"adapter {base.name} of profile {profile!r} refused: its SHA-256 is not the one the "
+                               "ledger recorded at its release (swapped or replaced); personalize again")
     adapter = Adapter.from_bytes(data)
     adapter.check_base(base.identity())
     return adapter

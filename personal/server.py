@@ -49,9 +49,12 @@ def _utf8(value: str) -> str:
 
 
 def _sane_time(value: Optional[datetime]) -> Optional[datetime]:
-    # Far-off years overflow when shifted to UTC; no habit event happens there.
-    if value is not None and not 1900 <= value.year <= 2200:
-        raise ValueError("timestamp year must be within 1900..2200")
+    # The vault's own range rule (far-off years overflow when shifted to UTC).
+    from personal.vault import timestamp_problem
+
+    problem = None if value is None else timestamp_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -223,11 +226,11 @@ class ErrorOut(BaseModel):
 # ------------------------------------------------------------------------------------ errors
 def _status(exc: Exception) -> int:
     from personal.assistant import InvalidMessages, JobNotFound, JobRunning
-    from personal.errors import ArtefactNotFound, InvalidEvent, ProfileNotFound
+    from personal.errors import ArtefactMismatch, ArtefactNotFound, InvalidEvent, ProfileNotFound
     from personal.training import TrainingError
     from privacy.budget import BudgetExhausted
 
-    for kinds, code in (((BudgetExhausted, JobRunning, ArtefactNotFound, TrainingError), 409),
+    for kinds, code in (((BudgetExhausted, JobRunning, ArtefactNotFound, ArtefactMismatch, TrainingError), 409),
                         ((JobNotFound, ProfileNotFound), 404), ((InvalidEvent, InvalidMessages), 422)):
         if isinstance(exc, kinds):
             return code
@@ -265,6 +268,13 @@ class BodyLimit:
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
                 return await self._refuse(send)
+        if body[:1].isspace() or body[:1] in (b"{", b"["):
+            from personal.events_io import MAX_JSON_DEPTH, json_too_deep
+
+            # json.loads recurses: a deeply nested body would raise RecursionError (a 500) while parsing.
+            if json_too_deep(body.decode("utf-8", "replace"), MAX_JSON_DEPTH):
+                detail = [{"loc": ["body"], "msg": f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "type": "json_too_deep"}]
+                return await _send_json(send, 422, {"detail": detail})
         replayed = False
 
         async def replay() -> dict:
@@ -277,12 +287,62 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
-        msg = f"request body over the limit of {self.max_bytes} bytes"
-        payload = json.dumps({"error": {"message": msg, "type": "PayloadTooLarge", "code": "413"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": payload})
+        await _send_error(send, 413, f"request body over the limit of {self.max_bytes} bytes", "PayloadTooLarge")
+
+
+async def _send_error(send: Any, status: int, msg: str, kind: str) -> None:
+    """An error in OpenAI's shape straight from the ASGI layer (the connection closes after it)."""
+    await _send_json(send, status, {"error": {"message": msg, "type": kind, "code": str(status)}})
+
+
+async def _send_json(send: Any, status: int, body: dict) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class NoValuesInLogs:
+    """ASGI middleware: an unexpected error answers 500 and logs its type and place only.
+
+    A traceback's messages can carry request values (pydantic puts the input in its errors),
+    so none is logged; the place (file:line of the innermost frame) is enough to find the bug.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        started = False
+
+        async def tracked(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence, by design
+            import logging
+            import traceback
+
+            where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            place = f"{where.filename}:{where.lineno}" if where else "?"
+            logging.getLogger("homebody.api").error("internal error %s at %s on %s %s", type(exc).__name__, place,
+                                                    scope.get("method", ""), scope.get("path", ""))
+            if scope["type"] == "http" and not started:
+                await _send_error(send, 500, f"internal error ({type(exc).__name__})", "InternalError")
+
+
+def _validation_errors(exc: Any) -> list[dict[str, Any]]:
+    """FastAPI's 422 ``detail`` without the ``input``/``ctx`` echo: no request value is repeated or logged."""
+    out = []
+    for err in exc.errors():
+        loc = [p.encode("utf-8", "backslashreplace").decode() if isinstance(p, str) else p for p in err.get("loc", ())]
+        out.append({"loc": loc, "msg": str(err.get("msg", "")).encode("utf-8", "backslashreplace").decode(),
+                    "type": str(err.get("type", ""))})
+    return out
 
 
 # ------------------------------------------------------------------------------------ app
@@ -303,6 +363,12 @@ def create_app(assistant: "Assistant | None", token: str, *, max_body_bytes: int
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         body = {"error": {"message": str(exc.detail), "type": "HTTPException", "code": str(exc.status_code)}}
         return JSONResponse(body, exc.status_code, headers=getattr(exc, "headers", None))
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_errors(exc)}, 422)
 
     from privacy.errors import HomebodyError
 
@@ -398,6 +464,7 @@ def create_app(assistant: "Assistant | None", token: str, *, max_body_bytes: int
         names = dict.fromkeys([a.config.chat_name, a.config.model])
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "homebody"} for n in names]}
 
+    app.add_middleware(NoValuesInLogs)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 

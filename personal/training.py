@@ -11,15 +11,17 @@ DP-SGD: each step draws a Poisson sample (every example independently with proba
 ``q = batch_size / n``), computes per-example gradients (opacus hooks), clips each to
 ``max_grad_norm``, adds Gaussian noise of std ``noise_multiplier * max_grad_norm`` and divides
 by the expected batch size. ``steps = ceil(epochs / q)``. The noise multiplier is given, or
-calibrated with ``privacy.accountant.noise_for_epsilon`` to the run's (epsilon, delta). With
-``secure_rng`` both the sampling and the noise come from the OS CSPRNG (``os.urandom``); the
-noise sums four Gaussian draws (as opacus' secure mode does) against floating-point attacks.
+calibrated with ``privacy.accountant.noise_for_epsilon`` to the run's (epsilon, delta). By
+default (``DPConfig.rng == "os-csprng"``) both the Poisson sampling and the noise come from the OS
+CSPRNG (``privacy.randomness``; the noise sums four Gaussian draws, as opacus' secure mode does,
+against floating-point attacks). ``rng="seeded"`` (simulations and tests only, asked for
+explicitly) draws them from generators seeded with ``TrainConfig.seed``: reproducible, and no
+privacy at all against anyone who knows the seed, so a real device's gate refuses such a release.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from personal.adapter import Adapter, AdapterMismatch, LoraSettings
 from personal.examples import LM, Example
 from personal.models import CAUSAL, BaseModel
 from privacy.errors import HomebodyError
+from privacy.randomness import OS_CSPRNG, RNG_KINDS, SEEDED, secure_normal, secure_uniform
 
 if TYPE_CHECKING:
     import torch
@@ -53,13 +56,15 @@ class DPConfig:
     """How private a run is: a target ``epsilon`` or a given ``noise_multiplier`` at ``delta``.
 
     ``enabled=False`` is non-private training (for comparison; labelled as such everywhere).
+    ``rng``: where noise and sampling come from: ``"os-csprng"`` (the default, every real release)
+    or ``"seeded"`` (simulations and tests that need reproducible runs, from ``TrainConfig.seed``).
     """
 
     epsilon: float | None = None
     noise_multiplier: float | None = None
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    secure_rng: bool = False
+    rng: str = OS_CSPRNG
     accountant: str = "pld"
     enabled: bool = True
 
@@ -70,6 +75,8 @@ class DPConfig:
 
     def validate(self) -> None:
         """Raise ``TrainingError`` on contradictory or out-of-range settings."""
+        if self.rng not in RNG_KINDS:
+            raise TrainingError(f"rng must be one of {', '.join(RNG_KINDS)}, got {self.rng!r}")
         if not self.enabled:
             return
         if (self.epsilon is None) == (self.noise_multiplier is None):
@@ -400,42 +407,38 @@ def wrap(base: BaseModel, lora: LoraSettings | None = None) -> PersonalModel:
 
 # -- training -------------------------------------------------------------------------------------
 
-def _poisson_indices(n: int, q: float, secure: bool, gen: np.random.Generator) -> np.ndarray:
-    if secure:
-        u = np.frombuffer(os.urandom(8 * n), dtype=np.uint64) / float(2**64)
-    else:
-        u = gen.random(n)
+def _poisson_indices(n: int, q: float, rng: str, gen: np.random.Generator) -> np.ndarray:
+    """Each of ``n`` examples independently with probability ``q`` (OS CSPRNG unless seeded)."""
+    u = gen.random(n) if rng == SEEDED else secure_uniform(n)
     return np.nonzero(u < q)[0]
 
 
 def _secure_normal(shape, std: float, dtype) -> "torch.Tensor":
-    """Gaussian noise from os.urandom (Box-Muller), summing 4 draws /2 against float attacks."""
+    """Gaussian noise N(0, std^2) of ``shape`` from the OS CSPRNG, as a torch tensor."""
     torch = _torch()
-    count = int(np.prod(shape)) if len(shape) else 1
-    total = np.zeros(count)
-    for _ in range(4):
-        u = (np.frombuffer(os.urandom(16 * count), dtype=np.uint64).reshape(2, count) >> 11).astype(np.float64)
-        u1, u2 = (u[0] + 0.5) / 2**53, (u[1] + 0.5) / 2**53
-        total += np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)
-    return torch.from_numpy(total / 2 * std).to(dtype).reshape(shape)
+    return torch.from_numpy(secure_normal(tuple(shape), std)).to(dtype).reshape(shape)
 
 
 def _make_dp_optimizer(opt, plan: MechanismPlan, dp: DPConfig, expected_batch: float, seed: int):
     torch = _torch()
     from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
     class _SecureDPOptimizer(DPOptimizer):
-        def add_noise(self):  # noise from the OS CSPRNG instead of torch's Mersenne Twister
+        def add_noise(self):  # noise from the OS CSPRNG instead of torch's seeded Mersenne Twister
             for p in self.params:
+                _check_processed_flag(p.summed_grad)
                 noise = _secure_normal(p.summed_grad.shape, self.noise_multiplier * self.max_grad_norm,
                                        p.summed_grad.dtype)
                 p.grad = (p.summed_grad + noise).view_as(p)
+                _mark_as_processed(p.summed_grad)
 
-    gen = torch.Generator().manual_seed(seed)
-    cls = _SecureDPOptimizer if dp.secure_rng else DPOptimizer
+    seeded = dp.rng == SEEDED
+    cls = DPOptimizer if seeded else _SecureDPOptimizer
     # expected_batch_size must be an int for opacus; we rescale below when q*n is fractional.
     dpo = cls(opt, noise_multiplier=plan.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-              expected_batch_size=max(1, round(expected_batch)), loss_reduction="mean", generator=gen)
+              expected_batch_size=max(1, round(expected_batch)), loss_reduction="mean",
+              generator=torch.Generator().manual_seed(seed) if seeded else None)
     return dpo
 
 
@@ -552,7 +555,7 @@ def _loop(pm, model, module, opt, gsm, plan, dp, cfg, hidden, mask, ids, y, is_l
         for step in range(start_step, total):
             ts = time.perf_counter()
             if dp.enabled:
-                idx = _poisson_indices(n, q, dp.secure_rng, gen)
+                idx = _poisson_indices(n, q, dp.rng, gen)
             else:
                 start = (step * batch) % n
                 if start + batch > n:
@@ -578,7 +581,7 @@ def _loop(pm, model, module, opt, gsm, plan, dp, cfg, hidden, mask, ids, y, is_l
     meta = {"non_private": not dp.enabled, "steps": total, "examples": n}
     if dp.enabled:
         meta.update(noise_multiplier=plan.noise_multiplier, sample_rate=q, delta=plan.delta, epsilon=plan.epsilon,
-                    max_grad_norm=dp.max_grad_norm, secure_rng=dp.secure_rng)
+                    max_grad_norm=dp.max_grad_norm, rng=dp.rng)
     return TrainResult(adapter=pm.export_adapter(meta), mechanism=mech, steps=total,
                        epsilon=plan.epsilon if dp.enabled else None, delta=plan.delta if dp.enabled else None,
                        non_private=not dp.enabled, losses=losses, step_seconds=times,

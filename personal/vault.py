@@ -20,10 +20,11 @@ import os
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import sqlite_utils
@@ -38,6 +39,7 @@ from personal.errors import (
     InvalidEvent,
     NotAVault,
     ProfileNotFound,
+    StoredEventsSkipped,
     VaultChanged,
     VaultCorrupted,
     VaultError,
@@ -83,9 +85,56 @@ class StateMismatch(IntegrityError):
         self.args = (f"{table}: {detail}",)
 
 
+# Bounds every event meets, whatever its source (CSV, JSON Lines, the SDK, the API, simulations).
+MAX_NAME_CHARS = 200  # user and event name
+MAX_CONTEXT_FIELDS = 64
+MAX_KEY_CHARS = 100
+MAX_VALUE_CHARS = 1_000
+MAX_TEXT_CHARS = 10_000
+FIRST_YEAR, LAST_YEAR = 1970, 2100  # in UTC; naive timestamps count as UTC
+_EARLIEST, _AFTER_LATEST = datetime(FIRST_YEAR, 1, 1), datetime(LAST_YEAR + 1, 1, 1)
+
+
+def order_key(ts: datetime) -> datetime:
+    """The one ordering rule: naive timestamps count as UTC (raises OverflowError far outside 1..9999)."""
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        return ts.replace(tzinfo=None)
+    return (ts.replace(tzinfo=None) - ts.utcoffset()).replace(tzinfo=None)
+
+
+def _sane_key(ts: datetime) -> datetime | None:
+    """`order_key(ts)` when `ts` lies within FIRST_YEAR..LAST_YEAR in UTC, else None."""
+    try:
+        key = order_key(ts)
+    except (OverflowError, ValueError):
+        return None
+    return key if _EARLIEST <= key < _AFTER_LATEST else None
+
+
+def timestamp_problem(ts: datetime) -> str | None:
+    """Why `ts` is not a sane event time (outside FIRST_YEAR..LAST_YEAR in UTC), or None. Names no value."""
+    if _sane_key(ts) is None:
+        return f"timestamp out of range (years {FIRST_YEAR}..{LAST_YEAR} in UTC)"
+    return None
+
+
+def _text_problem(what: str, value: str, limit: int) -> str | None:
+    if len(value) > limit:
+        return f"{what} longer than {limit:,} characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} is not valid UTF-8 text (a lone surrogate or undecodable byte)"
+    return None
+
+
 @dataclass(frozen=True)
 class Event:
-    """One habit event: who, when, what, optional context fields and free text."""
+    """One habit event: who, when, what, optional context fields and free text.
+
+    Every way in builds one of these, so this check is the one validation path: types, sizes,
+    valid UTF-8 and a sane timestamp. Messages name the field, never its value.
+    """
 
     user: str
     timestamp: datetime
@@ -94,18 +143,36 @@ class Event:
     text: str | None = None
 
     def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem is not None:
+            raise InvalidEvent(problem)
+
+    def problem(self) -> str | None:
+        """The first reason this event is invalid, or None."""
         if not isinstance(self.user, str) or not self.user.strip():
-            raise InvalidEvent(f"event user must be a non-empty string, got {self.user!r}")
+            return f"event user must be a non-empty string, got {_kind(self.user)}"
         if not isinstance(self.timestamp, datetime):
-            raise InvalidEvent(f"event timestamp must be a datetime, got {type(self.timestamp).__name__}")
+            return f"event timestamp must be a datetime, got {type(self.timestamp).__name__}"
         if not isinstance(self.event, str) or not self.event.strip():
-            raise InvalidEvent(f"event name must be a non-empty string, got {self.event!r}")
+            return f"event name must be a non-empty string, got {_kind(self.event)}"
         if not isinstance(self.context, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.context.items()
         ):
-            raise InvalidEvent(f"event context must map strings to strings, got {self.context!r}")
+            return "event context must map strings to strings"
         if self.text is not None and not isinstance(self.text, str):
-            raise InvalidEvent(f"event text must be a string or None, got {type(self.text).__name__}")
+            return f"event text must be a string or None, got {type(self.text).__name__}"
+        if len(self.context) > MAX_CONTEXT_FIELDS:
+            return f"event context has more than {MAX_CONTEXT_FIELDS} fields"
+        checks = [("user", self.user, MAX_NAME_CHARS), ("event", self.event, MAX_NAME_CHARS)]
+        checks += [(f"context field #{i + 1} name", k, MAX_KEY_CHARS) for i, k in enumerate(self.context)]
+        checks += [(f"context field #{i + 1} value", v, MAX_VALUE_CHARS) for i, v in enumerate(self.context.values())]
+        if self.text is not None:
+            checks.append(("text", self.text, MAX_TEXT_CHARS))
+        for what, value, limit in checks:
+            found = _text_problem(what, value, limit)
+            if found is not None:
+                return found
+        return timestamp_problem(self.timestamp)
 
     @classmethod
     def _trusted(cls, user: str, timestamp: datetime, event: str, context: dict[str, str], text: str | None) -> Event:
@@ -113,6 +180,11 @@ class Event:
         self = object.__new__(cls)
         self.__dict__.update(user=user, timestamp=timestamp, event=event, context=context, text=text)
         return self
+
+
+def _kind(value: object) -> str:
+    """A value's shape for an error message (its type, or 'a blank string'), never the value itself."""
+    return "a blank string" if isinstance(value, str) else type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -160,11 +232,6 @@ def _encode_text(text: str | None) -> bytes:
 
 def _decode_text(raw: bytes) -> str | None:
     return None if raw[:1] == b"\x00" else raw[1:].decode()
-
-
-def _sort_key(ts: datetime) -> datetime:
-    """Naive timestamps sort as if UTC, so naive and aware events can be ordered together."""
-    return ts if ts.tzinfo is None else ts.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -339,10 +406,16 @@ class Vault:
         ts, names, contexts, texts = (
             sealer.open_many([r[j] for r in rows], "events", ids, col) for j, col in enumerate(EVENT_COLUMNS, start=1)
         )
-        out = []
+        out, bad = [], []
         for rid, t, name, ctx, txt in zip(ids, ts, names, contexts, texts):
             timestamp = datetime.fromisoformat(t.decode())
-            out.append((_sort_key(timestamp), rid, Event._trusted(profile, timestamp, name.decode(), _json_object(ctx.decode()), _decode_text(txt))))
+            key = _sane_key(timestamp)
+            if key is None:  # stored before input validation: it would crash every reader
+                bad.append(rid)
+                continue
+            out.append((key, rid, Event._trusted(profile, timestamp, name.decode(), _json_object(ctx.decode()), _decode_text(txt))))
+        if bad:
+            warnings.warn(StoredEventsSkipped(profile, bad), stacklevel=2)
         out.sort(key=lambda t: (t[0], t[1]))
         return [e for _, _, e in out]
 
@@ -630,9 +703,14 @@ class Vault:
                 continue
             for col, blob in zip(columns, blobs):
                 try:
-                    sealer.open(blob, table, rid, col)
+                    plain = sealer.open(blob, table, rid, col)
                 except IntegrityError as exc:
                     failures.append(exc)
+                    continue
+                if (table, col) == ("events", "ts"):
+                    problem = _stored_ts_problem(plain)
+                    if problem:
+                        failures.append(IntegrityError(table, rid, col, problem))
         return n
 
     def _reseal_events(self, conn: sqlite3.Connection, pid: int, old: Sealer, new: Sealer) -> None:
@@ -797,6 +875,15 @@ def _ids_digest(pid: int, ids: Iterable[int]) -> int:
     for rid in ids:
         total += int.from_bytes(hashlib.sha256(f"{pid}:{rid}".encode()).digest()[:16], "big")
     return total % _DIGEST_MOD
+
+
+def _stored_ts_problem(plain: bytes) -> str | None:
+    """Why a stored timestamp fails today's input check (it predates it): readers skip such rows."""
+    try:
+        problem = timestamp_problem(datetime.fromisoformat(plain.decode()))
+    except (UnicodeDecodeError, ValueError):
+        problem = "not an ISO 8601 timestamp"
+    return f"{problem}: stored before input validation, skipped by readers (export, then forget and re-import)" if problem else None
 
 
 def _check_passphrase(passphrase: str) -> None:

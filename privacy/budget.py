@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from privacy.accountant import ACCOUNTANTS, DEFAULT_ACCOUNTANT, SubsampledGaussian, compute_epsilon
 from privacy.errors import HomebodyError
 from privacy.ledger import POLICY, UNITS, Ledger, LedgerError, LedgerRecord, canonical_json
+from privacy.randomness import RNG_KINDS, SEEDED
 
 POLICY_MECHANISM = "budget-policy"
 
@@ -82,6 +83,22 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class SeededNoiseRefused(BudgetError):
+    """A DP release whose noise came from a seeded generator, at a gate that serves a real device."""
+
+
+def check_rng(rng: object, allow_seeded_noise: bool) -> None:
+    """Refuse a DP release that does not name its randomness (``details["rng"]``), or whose noise
+    was seeded when seeded noise is not allowed (a real device: only simulations and tests opt in)."""
+    if rng not in RNG_KINDS:
+        raise BudgetError(f"a DP release must say which randomness drew its noise: details['rng'] must be one of "
+                          f"{', '.join(RNG_KINDS)}, got {rng!r}. Nothing was recorded.")
+    if rng == SEEDED and not allow_seeded_noise:
+        raise SeededNoiseRefused("refused: this release's noise came from a seeded generator, which anyone who knows "
+                                 "the seed can subtract; a real device draws noise from the OS CSPRNG (seeded noise "
+                                 "is for simulations and tests, which opt in). Nothing was recorded.")
+
+
 def _check_target(profile: str, unit: str) -> None:
     if not isinstance(profile, str) or not profile:
         raise BudgetError(f"profile must be a non-empty string, got {profile!r}")
@@ -94,13 +111,17 @@ class ReleaseGate:
 
     ``signer`` is the device signing key (``vault.signing_key()``): without it the gate can read
     and check (by profile id, or by name only with the key) but neither commit nor set a policy.
+    ``allow_seeded_noise`` (default False, as on every real device): whether ``commit`` accepts a
+    release whose ``details["rng"]`` is ``"seeded"``. Only simulations and tests set it.
     """
 
     def __init__(self, db: sqlite_utils.Database, signer: Ed25519PrivateKey | None = None,
-                 accountant: str = DEFAULT_ACCOUNTANT, clock: Callable[[], datetime] = _now):
+                 accountant: str = DEFAULT_ACCOUNTANT, clock: Callable[[], datetime] = _now,
+                 allow_seeded_noise: bool = False):
         if accountant not in ACCOUNTANTS:
             raise BudgetError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
         self.db, self.signer, self.accountant, self._clock = db, signer, accountant, clock
+        self.allow_seeded_noise = bool(allow_seeded_noise)
         self.ledger = Ledger(db, signer=signer)  # tables are created on first write: reads never touch the file
 
     # -- policy ----------------------------------------------------------------------------
@@ -195,8 +216,11 @@ class ReleaseGate:
         """Verify the chain, re-check the cap and append a signed record, all in one write transaction.
 
         On BudgetExhausted (another release landed meanwhile), nothing is written: discard the artefact.
+        ``details["rng"]`` names the noise's randomness (``privacy.randomness``): required, and
+        ``"seeded"`` is refused (:class:`SeededNoiseRefused`) unless ``allow_seeded_noise``.
         """
         _check_target(profile, unit)
+        check_rng((details or {}).get("rng"), self.allow_seeded_noise)
         if mechanism == "non-private":
             raise BudgetError("use commit_non_private for releases without noise")
         if not isinstance(mech, SubsampledGaussian):
@@ -230,4 +254,5 @@ class ReleaseGate:
 
 __all__ = [
     "BudgetError", "BudgetExhausted", "BudgetPolicy", "DEFAULT_POLICY", "LedgerError", "ReleaseGate",
+    "SeededNoiseRefused", "check_rng",
 ]

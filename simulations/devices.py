@@ -43,13 +43,14 @@ class SimDevice:
 
     @contextmanager
     def open_gate(self, accountant: str = GATE_ACCOUNTANT) -> Iterator[tuple[object, object]]:
-        """(vault, ReleaseGate) of this device, open for the duration of the block."""
+        """(vault, ReleaseGate) of this device, open for the duration of the block. A simulation
+        draws seeded noise to be reproducible, so its gate accepts (and records) seeded releases."""
         from personal.vault import Vault
         from privacy.budget import ReleaseGate
 
         vault = Vault.open(self.vault_path, self.passphrase)
         try:
-            yield vault, ReleaseGate(vault.db, signer=vault.signing_key(), accountant=accountant)
+            yield vault, ReleaseGate(vault.db, signer=vault.signing_key(), accountant=accountant, allow_seeded_noise=True)
         finally:
             vault.close()
 

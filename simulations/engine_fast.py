@@ -34,6 +34,7 @@ import numpy as np
 
 from simulations.devices import FeatureCache, SimDevice, attach_feature_cache, encode_all
 from simulations.runner import BadSimulationConfig, RoundResult, SimulationConfig, epsilon_stats
+from privacy.randomness import SEEDED
 
 MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round and evaluate_device use
 
@@ -218,7 +219,7 @@ class FastEngine:
             if self.state[d.user].declined:
                 continue
             with d.open_gate() as (_vault, gate):
-                self.state[d.user].epsilon = settle_run(gate, d.user, self.run_id, rounds, self.fcfg, q, digest)
+                self.state[d.user].epsilon = settle_run(gate, d.user, self.run_id, rounds, self.fcfg, q, digest, rng=SEEDED)
 
     def _evaluate_federated(self, cohort: Sequence[SimDevice], r: int) -> list[dict]:
         """Each evaluated device scores the new global adapter and its personalised fine-tune of it."""
@@ -280,10 +281,13 @@ class FastEngine:
                 plan = MechanismPlan(noise_multiplier=z, sample_rate=q, steps=end, delta=self.cfg.delta, epsilon=None)
                 step_plan = MechanismPlan(z, q, per_round, self.cfg.delta, None)
                 gate.check(d.user, "record", step_plan.mechanism())
+                # Seeded on purpose: a simulation must be reproducible (recorded as such in the ledger).
                 res = train_adapter(self.base, train, labels, tcfg, DPConfig(noise_multiplier=z, delta=self.cfg.delta,
-                                    max_grad_norm=self.cfg.clip_norm), init=st.adapter, start_step=start, plan=plan)
+                                    max_grad_norm=self.cfg.clip_norm, rng=SEEDED), init=st.adapter, start_step=start,
+                                    plan=plan)
                 gate.commit(d.user, "record", step_plan.mechanism(), artefact_sha256=res.adapter.sha256(),
-                            mechanism="dp-sgd", details={"round": r, "mode": "simulation", "steps": per_round})
+                            mechanism="dp-sgd", details={"round": r, "mode": "simulation", "steps": per_round,
+                                                         "rng": SEEDED})
                 st.epsilon = gate.spent(d.user, "record")
             vault.put_artefact(d.user, "adapter", "simulation-local", res.adapter.to_bytes(),
                                {"round": r, "epsilon": None if math.isinf(st.epsilon) else st.epsilon})

@@ -267,15 +267,16 @@ def events_file(path: str | Path) -> Population:
     """A user's CSV / JSON Lines file (user,timestamp,event + context columns); one device per user.
 
     Parsing is the vault's importer (`personal.events_io`), so a malformed file raises its
-    `MalformedEvents` error naming the line.
+    `MalformedEvents` error naming the line; ordering is the vault's rule (naive times count as UTC),
+    so a file mixing naive and offset timestamps sorts like the vault would.
     """
-    from personal.events_io import read_events
+    from personal.events_io import chronological, read_events
 
     path = Path(path).expanduser()
     by_user: dict[str, list] = {}
     for ev in read_events(path).events:
         by_user.setdefault(ev.user, []).append(ev)
-    devices = [Device(u, sorted(ev, key=lambda e: e.timestamp)) for u, ev in sorted(by_user.items())]
+    devices = [Device(u, chronological(ev)) for u, ev in sorted(by_user.items())]
     return Population(f"events:{path}", devices, description=f"events file {path}")
 
 

@@ -25,7 +25,8 @@ def _commit(gate: ReleaseGate, device: DeviceRound, config: FederationConfig) ->
     """What train_round commits for one participation (without the training)."""
     n = rounds_to_charge(device)
     gate.commit(device.profile, "user", round_mechanism(config, Q, n), hashlib.sha256(b"update").hexdigest(),
-                mechanism="dp-fedavg-device-noise", details={"round": device.round, "run": device.run, "rounds_charged": n})
+                mechanism="dp-fedavg-device-noise", details={"round": device.round, "run": device.run, "rounds_charged": n,
+                                                             "rng": "os-csprng"})
 
 
 def test_a_device_pays_for_the_rounds_it_sat_out(tmp_path):

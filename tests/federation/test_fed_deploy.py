@@ -1,6 +1,7 @@
 """Acceptance 2: Deployment Engine on 127.0.0.1 — a SuperLink, 3 SuperNodes (one vault each),
 `flwr run` for 3 rounds; one SuperNode is SIGKILLed during round 2. The run completes, the log
-names the device that dropped, and every process the test started is gone afterwards.
+names the device that dropped (by the hash of its vault key: all three vaults hold profile `me`),
+and every process the test started is gone afterwards.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def _vaults(folder: Path) -> list[Path]:
     return paths
 
 
+def _device_id(path: Path) -> str:
+    from federation.device import device_identity
+    from personal.vault import Vault
+
+    with Vault.open(path, PASSPHRASE) as vault:
+        return device_identity(vault.signing_key().public_key())
+
+
 def _ledger(path: Path):
     from personal.vault import Vault
     from privacy.ledger import Ledger
@@ -44,6 +53,8 @@ def _ledger(path: Path):
 
 def test_superlink_and_three_supernodes_survive_a_killed_device(tmp_path):
     vaults = _vaults(tmp_path)
+    ids = [_device_id(v) for v in vaults]
+    assert len(set(ids)) == 3
     env = deploy.flower_env(tmp_path, {"HOMEBODY_PASSPHRASE": PASSPHRASE})
     port = deploy.free_port()
     lines: list[str] = []
@@ -52,7 +63,7 @@ def test_superlink_and_three_supernodes_survive_a_killed_device(tmp_path):
         link = processes.start("superlink", deploy.superlink_command(port, insecure=True), env)
         deploy.wait_for_port("127.0.0.1", port, proc=link)
         for d, vault in enumerate(vaults):
-            node = {"vault": str(vault), "profile": "me", "device-id": f"dev-{d}"}
+            node = {"vault": str(vault), "profile": "me"}
             processes.start(f"dev-{d}", deploy.supernode_command(f"127.0.0.1:{port}", deploy.free_port(), node, insecure=True), env)
         deploy.write_connection(Path(env["FLWR_HOME"]), f"127.0.0.1:{port}", insecure=True)
         run_config = {"rounds": 3, "labels": ",".join(ACTIVITIES), "fraction-evaluate": 0.0, "noise-multiplier": 2.0,
@@ -70,8 +81,9 @@ def test_superlink_and_three_supernodes_survive_a_killed_device(tmp_path):
         processes.stop_all()
     log = "".join(lines)
     assert killed_at is not None, log[-3000:]
-    assert re.search(r"round 2: device dev-2 dropped out during train", log), log[-3000:]
-    assert re.search(r"round 3: accepted \['dev-\d', 'dev-\d'\]", log), log[-3000:]
+    assert re.search(rf"round 2: device {ids[2]} dropped out during train", log), log[-3000:]
+    accepted = re.search(r"round 3: accepted \[('[0-9a-f]{16}'), ('[0-9a-f]{16}')\]", log)
+    assert accepted and {accepted.group(1).strip("'"), accepted.group(2).strip("'")} == set(ids[:2]), log[-3000:]
     assert "Strategy execution finished" in log
     # every process we started, and every process Flower detached from them, is gone
     assert all(p.poll() is not None for p in processes.procs.values())

@@ -69,7 +69,14 @@ def test_central_mode_noises_the_sum_on_the_server():
     cfg = FederationConfig(mode="central", clip_norm=1.0, noise_multiplier=2.0)
     zero = Update(UpdateHeader(1, "z", 1.0, 0.0), {k: np.zeros(s, np.float32) for k, s in SPEC.items()})
     big = {"w": (4000,)}
-    zero = Update(UpdateHeader(1, "z", 1.0, 0.0), {"w": np.zeros(4000, np.float32)})
-    out = aggregate({"w": np.zeros(4000, np.float32)}, [zero, zero], big, cfg, round=1, rng=np.random.default_rng(0))
+    zeros = [Update(UpdateHeader(1, f"z{i}", 1.0, 0.0), {"w": np.zeros(4000, np.float32)}) for i in range(2)]
+    out = aggregate({"w": np.zeros(4000, np.float32)}, zeros, big, cfg, round=1, rng=np.random.default_rng(0))
     # two devices: mean = noise(sigma*C = 2) / 2  -> std 1
     assert np.std(out.arrays["w"]) == pytest.approx(1.0, rel=0.05)
+
+
+def test_a_device_counts_once_per_round():
+    first, again = _honest("a", 1), _honest("a", 2)
+    out = aggregate(_global(), [first, again, _honest("b", 3)], SPEC, CFG, round=1)
+    assert out.accepted == ["a", "b"]
+    assert [(r.device_id, r.reason) for r in out.rejected] == [("a", "bad-header")] and "already" in out.rejected[0].detail

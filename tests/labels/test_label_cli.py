@@ -22,9 +22,15 @@ def saved(signer, tmp_path):
     return out.save(tmp_path / "answer.txt")
 
 
-def test_verify_valid_then_tampered_text(saved):
+def _trust(signer) -> list[str]:
+    from personal.provenance.manifest import raw_public_key
+
+    return ["--public-key", raw_public_key(signer.public_key()).hex()]
+
+
+def test_verify_valid_then_tampered_text(saved, signer):
     text, _ = saved
-    ok = runner.invoke(app, ["label", "verify", str(text)])
+    ok = runner.invoke(app, ["label", "verify", str(text), *_trust(signer)])
     assert ok.exit_code == 0 and ok.stdout.startswith("valid:"), ok.stdout
     body = text.read_text(encoding="utf-8")
     text.write_text(body.replace("20:00", "21:00"), encoding="utf-8", newline="")
@@ -34,13 +40,13 @@ def test_verify_valid_then_tampered_text(saved):
     assert verdict["status"] == "tampered" and "content changed" in verdict["reason"]
 
 
-def test_verify_tampered_manifest_and_explicit_manifest_path(saved, tmp_path):
+def test_verify_tampered_manifest_and_explicit_manifest_path(saved, tmp_path, signer):
     text, sidecar = saved
     manifest = json.loads(sidecar.read_text())
     moved = tmp_path / "elsewhere.json"
     moved.write_text(json.dumps(manifest))
     sidecar.unlink()
-    assert runner.invoke(app, ["label", "verify", str(text), "-m", str(moved)]).exit_code == 0
+    assert runner.invoke(app, ["label", "verify", str(text), "-m", str(moved), *_trust(signer)]).exit_code == 0
     manifest["model"]["base"] = "gpt-9"
     moved.write_text(json.dumps(manifest))
     res = runner.invoke(app, ["label", "verify", str(text), "--manifest", str(moved)])

@@ -35,7 +35,7 @@ def test_label_variants_and_placement(signer, language, placement):
     assert out.label == DEFAULT_WORDING[language]
     assert str(out) == (f"{out.label} {CONTENT}" if placement == "prefix" else f"{CONTENT} {out.label}")
     assert out.content == CONTENT
-    assert verify_labelled(str(out), out.manifest).status == "valid"
+    assert verify_labelled(str(out), out.manifest, signer.public_key()).status == "valid"
 
 
 def test_chinese_label_names_ai_generation(signer):
@@ -48,7 +48,7 @@ def test_custom_wording_and_separator(signer):
     out = label_text(CONTENT, PROV, signer, cfg)
     assert str(out) == CONTENT + "\n\nWritten by your assistant (AI)"
     assert out.manifest["label"] == {"text": cfg.label, "language": "en", "placement": "suffix", "separator": "\n\n"}
-    assert verify_labelled(str(out), out.manifest).ok
+    assert verify_labelled(str(out), out.manifest, signer.public_key()).ok
 
 
 @pytest.mark.parametrize(
@@ -87,12 +87,12 @@ def test_every_one_character_change_is_tampered(signer):
     for cfg in (LabelConfig(), LabelConfig(language="zh", placement="suffix")):
         out = label_text("Run 5 km?", PROV, signer, cfg)
         text = str(out)
-        assert verify_labelled(text, out.manifest).status == "valid"
+        assert verify_labelled(text, out.manifest, signer.public_key()).status == "valid"
         for i, ch in enumerate(text):
             changed = text[:i] + ("x" if ch != "x" else "y") + text[i + 1 :]
-            assert verify_labelled(changed, out.manifest).status == "tampered", (i, changed)
+            assert verify_labelled(changed, out.manifest, signer.public_key()).status == "tampered", (i, changed)
             deleted = text[:i] + text[i + 1 :]
-            assert verify_labelled(deleted, out.manifest).status == "tampered", (i, deleted)
+            assert verify_labelled(deleted, out.manifest, signer.public_key()).status == "tampered", (i, deleted)
         assert verify_labelled(text + " ", out.manifest).status == "tampered"
 
 
@@ -124,7 +124,7 @@ def test_every_manifest_field_change_is_tampered(signer):
         for k in path[:-1]:
             node = node[k]
         node[path[-1]] = _changed(value)
-        verdict = verify_labelled(str(out), m)
+        verdict = verify_labelled(str(out), m, signer.public_key())
         assert verdict.status == "tampered", (path, verdict)
     # Adding or removing a field is a change too.
     for mutate in (lambda m: m.update(extra=1), lambda m: m.pop("created"), lambda m: m["model"].pop("adapter_sha256")):
@@ -150,14 +150,14 @@ def test_expected_signer_and_resigned_forgery(signer):
     # Someone edits the content and re-signs with their own key: intact, but not the device's.
     forger = Ed25519PrivateKey.generate()
     forged = label_text(CONTENT + "!", PROV, forger)
-    assert verify_labelled(str(forged), forged.manifest).ok
+    assert verify_labelled(str(forged), forged.manifest, public_key=forger.public_key()).ok
     v = verify_labelled(str(forged), forged.manifest, public_key=signer.public_key())
-    assert v.status == "tampered" and "expected key" in v.reason
+    assert v.status == "untrusted" and not v.ok and "expected key" in v.reason and v.key_id == key_id(forger.public_key())
 
 
 def test_bare_content_verifies_when_label_is_rendered_apart(signer):
     out = label_text(CONTENT, PROV, signer)
-    v = verify_labelled(out.content, out.manifest)
+    v = verify_labelled(out.content, out.manifest, signer.public_key())
     assert v.ok and "rendered separately" in v.reason
 
 
@@ -166,11 +166,11 @@ def test_json_round_trip_and_sidecar(signer, tmp_path):
     data = json.loads(out.to_json())
     assert data["text"] == str(out) and data["content"] == CONTENT and data["label"] == "[Gerado por IA]"
     back = LabelledText.from_dict(data)
-    assert str(back) == str(out) and verify_labelled(str(back), back.manifest).ok
+    assert str(back) == str(out) and verify_labelled(str(back), back.manifest, signer.public_key()).ok
     text_path, sidecar = out.save(tmp_path / "answer.txt")
     assert sidecar.name == "answer.txt.manifest.json"
     assert text_path.read_bytes().decode() == str(out)
-    assert verify_labelled(text_path.read_text(encoding="utf-8"), json.loads(sidecar.read_text())).ok
+    assert verify_labelled(text_path.read_text(encoding="utf-8"), json.loads(sidecar.read_text()), signer.public_key()).ok
     with pytest.raises(ManifestError):
         LabelledText.from_dict({"content": "x"})
 

@@ -90,8 +90,8 @@ def test_secure_rng_training_and_causal_lm_examples() -> None:
     examples = events_to_examples(events)
     assert any(e.kind == "lm" for e in examples)
     cfg = TrainConfig(lora=LoraSettings(r=2), epochs=1, batch_size=8)
-    res = train_adapter(causal, examples, label_space(events), cfg, DPConfig(noise_multiplier=1.0, secure_rng=True))
-    assert res.adapter.meta["secure_rng"] is True and res.adapter.meta["examples"] == len(examples)
+    res = train_adapter(causal, examples, label_space(events), cfg, DPConfig(noise_multiplier=1.0))  # CSPRNG by default
+    assert res.adapter.meta["rng"] == "os-csprng" and res.adapter.meta["examples"] == len(examples)
     assert all(np.isfinite(v).all() for v in res.adapter.tensors.values())
 
 

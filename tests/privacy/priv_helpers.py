@@ -16,6 +16,8 @@ from privacy.budget import ReleaseGate
 from privacy.ledger import META_TABLE, PUBLIC_KEY_META, Ledger, public_key_hex
 
 REPO = Path(__file__).resolve().parents[2]
+# What a release from a real device's path records: noise from the OS CSPRNG (the gate requires the key).
+CSPRNG = {"rng": "os-csprng"}
 
 
 def sha(data: bytes | str) -> str:
@@ -39,7 +41,7 @@ def fill(gate: ReleaseGate, n: int = 5) -> list:
         profile = "alice" if i % 2 == 0 else "bob"
         unit = "record" if i % 3 else "user"
         mech = SubsampledGaussian(1.0 + 0.1 * i, 0.01, 100 * (i + 1))
-        recs.append(gate.commit(profile, unit, mech, sha(f"artefact {i}"), details={"i": i}))
+        recs.append(gate.commit(profile, unit, mech, sha(f"artefact {i}"), details={"i": i, **CSPRNG}))
     return recs
 
 

@@ -24,6 +24,7 @@ from .priv_helpers import cli, sha
 
 PASS = "a long test passphrase"
 MECH = SubsampledGaussian(1.0, 0.05, 200)
+RNG = {"rng": "os-csprng"}  # a real device draws its noise from the OS CSPRNG (privacy.randomness)
 EPS_ONE = compute_epsilon([MECH], 1e-5, "rdp")
 CAP = EPS_ONE * 1.2  # admits one release of MECH, not two
 
@@ -47,14 +48,15 @@ def vault_with_one_release(tmp_path: Path) -> Path:
         v.add_events([Event("ann", datetime(2025, 3, 1, 7, i, tzinfo=timezone.utc), "coffee") for i in range(5)])
         gate = ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp")
         gate.set_policy("ann", "record", BudgetPolicy(CAP, 1e-5))
-        gate.commit("ann", "record", MECH, sha("adapter 1"))
+        gate.commit("ann", "record", MECH, sha("adapter 1"), details=RNG)
     return path
 
 
 def release(path: Path, artefact: str = "adapter 2"):
     """The next release through the real gate, with the device key (the owner's app)."""
     with Vault.open(path, PASS) as v:
-        return ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("ann", "record", MECH, sha(artefact))
+        gate = ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp")
+        return gate.commit("ann", "record", MECH, sha(artefact), details=RNG)
 
 
 def n_records(path: Path) -> int:
@@ -115,11 +117,11 @@ def test_wiping_the_ledger_is_detected_and_refused(tmp_path: Path, how: tuple[st
 def test_a_release_never_re_signs_the_head_over_a_broken_chain(tmp_path: Path):
     path = vault_with_one_release(tmp_path)
     with Vault.open(path, PASS) as v:  # a second, roomier profile so that the next release fits
-        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 1"))
+        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 1"), details=RNG)
     attack(path, "delete from ledger where seq = (select max(seq) from ledger)", "delete from ledger_head")
     assert cli("audit", "verify", "--vault", str(path)).returncode == 1
     with Vault.open(path, PASS) as v, pytest.raises(LedgerTampered):
-        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 2"))
+        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 2"), details=RNG)
     out = cli("audit", "verify", "--vault", str(path))
     assert out.returncode == 1, "the evidence was erased: the head was re-signed over a broken chain"
 
@@ -129,13 +131,13 @@ def test_restoring_old_ledger_rows_is_caught_by_the_sealed_state(tmp_path: Path)
     path = vault_with_one_release(tmp_path)
     old = Path(shutil.copy(path, tmp_path / "old.db"))
     with Vault.open(path, PASS) as v:
-        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 1"))
+        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 1"), details=RNG)
     attack(path, f"attach database '{old}' as old", "delete from ledger", "insert into ledger select * from old.ledger",
            "delete from ledger_head", "insert into ledger_head select * from old.ledger_head")
     assert n_records(path) == n_records(old)
     with Vault.open(path, PASS) as v:
         with pytest.raises(LedgerTampered, match="sealed state"):
-            ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 2"))
+            ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 2"), details=RNG)
         report = v.verify()
     assert not report.ok and any("sealed state" in str(f) for f in report.failures)
 
@@ -144,7 +146,7 @@ def test_a_receipt_detects_a_rollback_of_the_whole_file(tmp_path: Path):
     path = vault_with_one_release(tmp_path)
     old = Path(shutil.copy(path, tmp_path / "old.db"))
     with Vault.open(path, PASS) as v:
-        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 1"))
+        ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp").commit("bob", "record", MECH, sha("bob 1"), details=RNG)
     receipt = tmp_path / "receipt.json"
     out = cli("audit", "receipt", "--vault", str(path), "--out", str(receipt))  # no passphrase needed
     assert out.returncode == 0, out.stderr

@@ -16,7 +16,7 @@ from privacy.accountant import SubsampledGaussian, compute_epsilon
 from privacy.budget import DEFAULT_POLICY, BudgetError, BudgetExhausted, BudgetPolicy, ReleaseGate
 from privacy.ledger import Ledger
 
-from .priv_helpers import cli, sha, signed_db
+from .priv_helpers import CSPRNG, cli, sha, signed_db
 
 PASS = "a long test passphrase"
 SMALL = SubsampledGaussian(2.0, 0.1, 50)  # epsilon ~1.65 at delta 1e-5; twice: ~2.34 (cheap for PLD)
@@ -38,7 +38,7 @@ def gate(tmp_path: Path) -> ReleaseGate:
 
 def test_refused_release_writes_nothing_and_carries_what_remains(gate: ReleaseGate):
     gate.set_policy("alice", "record", BudgetPolicy(epsilon_cap=2.0, delta=1e-5))
-    rec = gate.commit("alice", "record", SMALL, sha("adapter 1"))
+    rec = gate.commit("alice", "record", SMALL, sha("adapter 1"), details=CSPRNG)
     assert rec.epsilon == pytest.approx(compute_epsilon([SMALL], 1e-5), rel=1e-9)
     before = list(gate.db.conn.iterdump())
     with pytest.raises(BudgetExhausted) as info:
@@ -49,25 +49,25 @@ def test_refused_release_writes_nothing_and_carries_what_remains(gate: ReleaseGa
     assert err.epsilon_after > 2.0 and err.requested == pytest.approx(rec.epsilon)
     assert f"{err.remaining:.4g} remains" in str(err)
     with pytest.raises(BudgetExhausted):
-        gate.commit("alice", "record", SMALL, sha("adapter 2"))  # commit re-checks too
+        gate.commit("alice", "record", SMALL, sha("adapter 2"), details=CSPRNG)  # commit re-checks too
     assert list(gate.db.conn.iterdump()) == before
     assert len(Ledger(gate.db).records()) == 1
 
 
 def test_units_are_accounted_separately(gate: ReleaseGate):
     gate.set_policy("alice", "record", BudgetPolicy(2.0, 1e-5))
-    gate.commit("alice", "record", SMALL, sha("a"))
+    gate.commit("alice", "record", SMALL, sha("a"), details=CSPRNG)
     assert gate.spent("alice", "user") == 0.0
     assert gate.policy("alice", "user") == DEFAULT_POLICY
-    gate.commit("alice", "user", SMALL, sha("b"))  # the user-level budget is untouched by record-level spend
+    gate.commit("alice", "user", SMALL, sha("b"), details=CSPRNG)  # the user-level budget is untouched by record-level spend
     assert gate.spent("alice", "user") == pytest.approx(gate.spent("alice", "record"))
     assert gate.spent("bob", "record") == 0.0 and gate.remaining("bob", "record") == DEFAULT_POLICY.epsilon_cap
 
 
 def test_epsilon_after_composes_heterogeneous_releases(gate: ReleaseGate):
     other = SubsampledGaussian(2.0, 0.1, 100)
-    gate.commit("p", "record", SMALL, sha("1"))
-    rec = gate.commit("p", "record", other, sha("2"))
+    gate.commit("p", "record", SMALL, sha("1"), details=CSPRNG)
+    rec = gate.commit("p", "record", other, sha("2"), details=CSPRNG)
     assert rec.epsilon == pytest.approx(compute_epsilon([SMALL, other], 1e-5), rel=1e-9)
     assert gate.spent("p", "record") == pytest.approx(rec.epsilon, rel=1e-9)
 
@@ -77,7 +77,7 @@ def test_rolling_window_cap(tmp_path: Path):
     now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
     gate = ReleaseGate(db, signer=key, clock=lambda: now[0])
     gate.set_policy("p", "record", BudgetPolicy(epsilon_cap=10.0, delta=1e-5, window_days=7, window_cap=2.0))
-    gate.commit("p", "record", SMALL, sha("1"))
+    gate.commit("p", "record", SMALL, sha("1"), details=CSPRNG)
     with pytest.raises(BudgetExhausted, match="in the last 7 days") as info:
         gate.check("p", "record", SMALL)
     assert info.value.window_days == 7 and info.value.cap == 2.0
@@ -93,7 +93,7 @@ def test_non_private_release_is_recorded_as_infinite_and_blocks_later_releases(g
     with pytest.raises(BudgetExhausted):
         gate.check("p", "record", SMALL)
     with pytest.raises(BudgetError, match="commit_non_private"):
-        gate.commit("q", "record", SMALL, sha("x"), mechanism="non-private")
+        gate.commit("q", "record", SMALL, sha("x"), mechanism="non-private", details=CSPRNG)
 
 
 def test_noiseless_mechanism_is_refused_by_check(gate: ReleaseGate):
@@ -129,7 +129,7 @@ def test_acceptance3_cli_refuses_and_leaves_the_vault_unchanged(tmp_path: Path):
 
     path = tmp_path / "vault.db"
     with Vault.create(path, PASS, VaultConfig(fast_kdf=True)) as v:
-        ReleaseGate(v.db, signer=v.signing_key()).commit("ann", "record", SMALL, sha("adapter"))
+        ReleaseGate(v.db, signer=v.signing_key()).commit("ann", "record", SMALL, sha("adapter"), details=CSPRNG)
     out = cli("privacy", "budget", "--vault", str(path), "--profile", "ann", "--unit", "record", "--set-cap", "2",
               "--json", env_pass=PASS)  # a policy change is a signed entry: it needs the passphrase
     assert out.returncode == 0, out.stderr

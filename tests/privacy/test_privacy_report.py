@@ -126,6 +126,7 @@ def test_device_summary_from_a_ledger(tmp_path: Path):
     from privacy.accountant import SubsampledGaussian
 
     for r in range(3):
-        gate.commit("dev7", "user", SubsampledGaussian(1.0, 0.1, 1), sha(f"round {r}"), mechanism="fed-round")
+        gate.commit("dev7", "user", SubsampledGaussian(1.0, 0.1, 1), sha(f"round {r}"), mechanism="fed-round",
+                    details={"rng": "os-csprng"})
     s = DeviceSummary.from_ledger(db, "dev7", "dev7", accountant="rdp", signer=key)
     assert s.rounds == 3 and s.unit == "user" and s.epsilon == pytest.approx(gate.spent("dev7", "user"))

@@ -20,6 +20,7 @@ from .priv_helpers import sha
 PASS = "race test passphrase"
 ACCOUNTANT = "rdp"
 MECH = SubsampledGaussian(1.0, 0.05, 200)
+RNG = {"rng": "os-csprng"}  # a real device draws its noise from the OS CSPRNG (privacy.randomness)
 CAP = compute_epsilon([MECH], 1e-5, ACCOUNTANT) * 1.2
 PROCESSES = 5
 TRIALS = 3
@@ -32,7 +33,7 @@ def _release(path: str, i: int, barrier, results) -> None:
             gate = ReleaseGate(v.db, signer=v.signing_key(), accountant=ACCOUNTANT)
             barrier.wait(timeout=60)
             try:
-                gate.commit("ann", "record", MECH, sha(f"contender {i}"))
+                gate.commit("ann", "record", MECH, sha(f"contender {i}"), details=RNG)
                 results.put((i, "landed"))
             except BudgetExhausted:
                 results.put((i, "refused"))

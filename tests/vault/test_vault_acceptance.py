@@ -128,6 +128,7 @@ def test_3_wrong_passphrase_one_line_nonzero_file_unchanged(tmp_path, vault_path
         assert _dir_state(vault_path) == before
     key_file = tmp_path / "key.txt"
     key_file.write_text("also wrong\n")
+    key_file.chmod(0o600)  # key files must be owner-only
     out = cli("vault", "list", "--vault", str(vault_path), "--key-file", str(key_file), passphrase=None)
     assert out.returncode == 1 and "wrong passphrase" in out.stderr
     out = cli("vault", "list", "--vault", str(vault_path), passphrase=None)  # no source and no terminal

@@ -14,13 +14,14 @@ def test_cli_walkthrough(tmp_path, run_cli):
     vault = str(tmp_path / "v.db")
     key_file = tmp_path / "key"
     key_file.write_text(PASS + "\n")
+    key_file.chmod(0o600)  # key files must be owner-only
     code, out, err = run_cli("vault", "init", "--vault", vault, "--key-file", str(key_file), "--fast-kdf", passphrase=None)
     assert code == 0 and "FAST KDF" in out, err
 
     bad = tmp_path / "bad.csv"
     bad.write_text("user,timestamp,event,place\nann,2024-01-01T07:00:00,wake,home\nann,soon,sleep,home\nbob,2024-01-01T08:00:00,coffee,cafe\n")
     code, out, err = run_cli("vault", "import", str(bad), "--vault", vault)
-    assert code == 1 and err.strip().count("\n") == 0 and "line 3: bad timestamp 'soon'" in err
+    assert code == 1 and err.strip().count("\n") == 0 and "line 3: bad timestamp" in err and "soon" not in err
     with Vault.open(vault, PASS) as v:
         assert v.count() == 0  # nothing of the failed import was written
     code, out, err = run_cli("vault", "import", str(bad), "--skip-bad", "--vault", vault)
@@ -60,6 +61,7 @@ def test_cli_passphrase_and_rotate_lose_nothing(tmp_path):
         before = (v.count(), content_hash(v))
     new_key = tmp_path / "new-key"
     new_key.write_text("a much longer new passphrase\n")
+    new_key.chmod(0o600)
     out = cli("vault", "passphrase", "--new-key-file", str(new_key), "--vault", vault)
     assert out.returncode == 0, out.stderr
     out = cli("vault", "rotate", "--vault", vault, "--key-file", str(new_key), passphrase=None)

@@ -42,7 +42,7 @@ def test_malformed_rows_are_reported_with_line_numbers(tmp_path):
     with pytest.raises(MalformedEvents) as err:
         read_events(src)
     assert [line for line, _ in err.value.problems] == [3, 4, 5]
-    assert "line 3: bad timestamp 'yesterday'" in str(err.value) and "\n" not in str(err.value)
+    assert "line 3: bad timestamp" in str(err.value) and "yesterday" not in str(err.value) and "\n" not in str(err.value)
     kept = read_events(src, skip_bad=True)
     assert [e.event for e in kept.events] == ["wake", "coffee"] and len(kept.skipped) == 3
 

@@ -18,6 +18,7 @@ from .conftest import FAST, PASS, cli, make_events, raw_bytes
 
 NAME = "zanzibar-owner-7"
 MECH = SubsampledGaussian(1.0, 0.05, 100)
+RNG = {"rng": "os-csprng"}  # a real device draws its noise from the OS CSPRNG (privacy.randomness)
 
 
 def file_bytes(path: Path) -> bytes:
@@ -32,8 +33,8 @@ def test_forget_leaves_no_profile_name_in_the_file(tmp_path: Path):
         gate = ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp")
         for unit in ("record", "user"):
             gate.set_policy(NAME, unit, BudgetPolicy(5.0, 1e-5))
-        gate.commit(NAME, "record", MECH, "a" * 64, details={"model": "tiny"})
-        gate.commit(NAME, "user", MECH, "b" * 64, mechanism="fed-round", details={"round": 1})
+        gate.commit(NAME, "record", MECH, "a" * 64, details={"model": "tiny", **RNG})
+        gate.commit(NAME, "user", MECH, "b" * 64, mechanism="fed-round", details={"round": 1, **RNG})
         v.forget(NAME)
         assert v.profiles() == ["other"]
     data = file_bytes(path)
@@ -52,7 +53,7 @@ def test_the_ledger_never_holds_a_name_even_before_forget(tmp_path: Path):
         v.add_events(make_events(10, users=(NAME,)))
         gate = ReleaseGate(v.db, signer=v.signing_key(), accountant="rdp")
         gate.set_policy(NAME, "record", BudgetPolicy(5.0, 1e-5))
-        gate.commit(NAME, "record", MECH, "a" * 64)
+        gate.commit(NAME, "record", MECH, "a" * 64, details=RNG)
         v.db.conn.execute("pragma wal_checkpoint(TRUNCATE)")
     assert NAME.encode() not in file_bytes(path)
     out = cli("audit", "report", "--vault", str(tmp_path / "vault.db"), "--json", str(tmp_path / "r.json"),
