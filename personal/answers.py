@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -635,6 +636,7 @@ def prepare(question: str, owner: Owner, *, now: datetime | None = None,
         key = query.reason if query.kind == "refusal" else query.kind
         text, reason = _REPLIES[key] if key in _REPLIES else _REPLIES["not a habit question"]
         facts = Facts({"type": query.kind, "reason": reason}, text, None)
+    facts = replace(facts, data=json.loads(json.dumps(facts.data)))  # plain JSON, as the manifest stores it
     notes = [_note(query, facts)]
     return Draft(question, query, facts, convo, notes, t)
 
