@@ -112,7 +112,7 @@ _REFUSE = re.compile(r"\b(who|whom|how much|how long|why|eat|ate|eating|feel|fel
 
 def _tokens(text: str) -> list[str]:
     """Lower-case word and number tokens ("7:30" stays one token, "7pm" becomes "7", "pm")."""
-    text = text.lower().replace("’", "'").replace("a.m.", "am").replace("p.m.", "pm")
+    text = text.lower().replace("’", "'").replace("a.m.", "am").replace("p.m.", "pm").replace("&", " and ")
     return re.findall(r"\d{1,2}:\d{2}|\d+(?:\.\d+)?|[a-z]+", text)
 
 
@@ -164,7 +164,8 @@ class Vocabulary:
         for whole in (name, bare):
             forms.update(p for p in re.split(r"\s*/\s*", whole) if p.strip())
         out = {_norm(f) for f in forms}
-        return {a for a in out if a and not all(w in _GENERIC for w in a)}
+        whole = _norm(name)  # the full name always counts, even a generic one ("Building")
+        return {a for a in out if a and (a == whole or not all(w in _GENERIC for w in a))}
 
     def find(self, words: Sequence[str]) -> list[tuple[str, int, int]]:
         """Events named in ``words`` (singular tokens) as (event, start, end), left to right, no overlaps."""
@@ -241,7 +242,7 @@ def _hour_at(words: list[str], i: int) -> tuple[int, int] | None:
     elif nxt == "o" and i + 2 < len(words) and words[i + 2] == "clock":
         used += 2
         h = h + 12 if 1 <= h <= 6 else h
-    elif 1 <= h <= 6:  # a bare "6" in a habit question is evening, not dawn
+    elif 1 <= h <= 6 and ":" not in words[i]:  # a bare "6" is evening, not dawn; "06:00" is read as written
         h += 12
     return (h % 24) * 60 + mins, used
 
@@ -509,8 +510,8 @@ def _refusal(detail: str, reason: str, data: dict[str, Any] | None = None) -> Fa
 
 _REPLIES = {
     "empty": ("Please ask a question about your habits, for example where you go most often.", "empty question"),
-    "language": ("I can only answer questions about your habits asked in English so far, and I could not read "
-                 "that one.", "language or wording not understood"),
+    "language": ("I can only answer questions about your habits asked in English so far, and I could not "
+                 "understand that one.", "language or wording not understood"),
     "no_events": (f"{DONT_KNOW} There are no events recorded for you: record some first.", "no events"),
     "untracked": (f"{DONT_KNOW} Your events record what you did and when, not that.", "not tracked"),
     "not a habit question": (f"{DONT_KNOW} I can answer what you do most, at a time or on a day, what comes after "

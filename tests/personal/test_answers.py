@@ -99,6 +99,7 @@ def test_habit_questions_are_understood(question, habit, event, vocab):
     ("What do I do before 9am?", None, (0, 9 * 60)),
     ("What do I do between 7 and 9?", None, (7 * 60, 9 * 60)),
     ("What do I do at 19:30?", None, (18 * 60 + 30, 20 * 60 + 30)),
+    ("What do I do at 06:00?", None, (5 * 60, 7 * 60)),  # a clock time with minutes is read as written
     ("What do I do on Sunday nights?", (6,), (22 * 60, 29 * 60)),
 ])
 def test_days_and_times_are_resolved(question, days, window, vocab):
@@ -191,6 +192,15 @@ def test_the_manifest_signs_the_facts(events, signer):
 
 
 # ------------------------------------------------------------------------------------ the check
+def test_names_with_ampersands_and_generic_words_resolve():
+    vocab = Vocabulary({"Food": 3, "Food & Drink Shop": 2, "Building": 5, "Coffee Shop": 1})
+    for question, event in (("How often do I go to food & drink shop?", "Food & Drink Shop"),
+                            ("How often do I go to food and drink shops?", "Food & Drink Shop"),
+                            ("How often do I go to the food place?", "Food"),
+                            ("How many times did I go to building?", "Building")):
+        assert understand(question, vocab, NOW).event == event, question
+
+
 def test_check_rejects_inventions_and_keeps_faithful_rephrasings(vocab):
     facts = Facts({"type": "overall", "total": 25, "top": [["Home (private)", 8], ["Church", 6]]},
                   "Your most frequent event is Home (private): 8 of your 25 events. Then come Church (6).",
