@@ -19,7 +19,8 @@ Metrics, per habit type and for dev vs held-out phrasings:
 
 ``--model-phrasing N`` also runs N questions (spread over the types) with the language model
 rephrasing (``--model``, default smollm2-135m), reporting its latency, how often its text passed the
-fact check, and accuracy/hallucinations of what was returned.
+fact check, accuracy/hallucinations of what was returned, and the watermark detector's verdict on the
+returned texts (model-phrased ones carry the watermark; templated ones do not and must not be flagged).
 
     .venv/bin/python -m benchmarks.habit_qa [--fsq-owners 8] [--syn-owners 6] [--seed 0]
         [--model-phrasing 0] [--model smollm2-135m] [--threads 1] [--json out.json]
@@ -275,7 +276,7 @@ def owners(n_fsq: int, n_syn: int, seed: int) -> tuple[list[tuple[str, list]], l
 def run(args: argparse.Namespace) -> dict:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from personal.answers import AnswerConfig, Owner, prepare, respond
+    from personal.answers import Owner, prepare, respond
 
     signer = Ed25519PrivateKey.generate()
     rng = random.Random(args.seed)
@@ -313,6 +314,9 @@ def run_model(args, people, rows, signer, global_names) -> dict:
     t = time.perf_counter()
     base = load_base(args.model)
     load_s = time.perf_counter() - t
+    from personal.provenance import derive_watermark_key, detect_watermark
+
+    key, vocab = derive_watermark_key(signer), base.model.config.get_text_config().vocab_size
     by_owner = {w: Owner(list(ev)) for w, ev in people}
     rng = random.Random(args.seed + 1)
     per_type = max(1, args.model_phrasing // len(TYPES))
@@ -327,9 +331,13 @@ def run_model(args, people, rows, signer, global_names) -> dict:
         got = respond([d], signer, config=AnswerConfig("model", args.max_new_tokens), vocabulary=owner.vocabulary,
                       load_model=lambda: (base, None))[0]
         took = time.perf_counter() - t
+        mark = detect_watermark(got.content, base.tokenizer, key, vocab_size=vocab).verdict
         out.append({**r, "seconds": took, "kind": got.kind, "content": got.content, "phrasing": got.phrasing,
-                    "new_tokens": got.new_tokens, **score(r, got, set(owner.vocabulary.counts), global_names)})
+                    "new_tokens": got.new_tokens, "watermark": mark,
+                    **score(r, got, set(owner.vocabulary.counts), global_names)})
     summary = summarise(out)
+    for phrasing in ("model", "template"):  # detection on model text; false positives on templated text
+        summary[f"watermark_{phrasing}"] = dict(Counter(r["watermark"] for r in out if r["phrasing"] == phrasing))
     habit = [r for r in out if r["kind"] == "habit"]
     summary["model_text_passed_check_pct"] = pct([r["phrasing"] == "model" for r in habit])
     summary["mean_new_tokens"] = statistics.mean(r["new_tokens"] for r in habit) if habit else 0
