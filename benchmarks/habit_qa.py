@@ -368,6 +368,10 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def _p(x: float) -> str:
+    return "—" if x != x else f"{x:.1f}%"
+
+
 def table(summary: dict) -> str:
     lines = ["| habit type | questions | exact answer | held-out exact | hallucination | correct refusal | p50 | p95 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -375,11 +379,11 @@ def table(summary: dict) -> str:
         if kind not in summary["by_type"]:
             continue
         a, h = summary["by_type"][kind]["all"], summary["by_type"][kind]["held-out"]
-        lines.append(f"| {kind} | {a['n']} | {a['exact_pct']:.1f}% | {h['exact_pct']:.1f}% | {a['hallucination_pct']:.1f}% "
-                     f"| {a['correct_refusal_pct']:.1f}% | {a['p50_ms']:.1f} ms | {a['p95_ms']:.1f} ms |")
+        lines.append(f"| {kind} | {a['n']} | {_p(a['exact_pct'])} | {_p(h['exact_pct'])} | {_p(a['hallucination_pct'])} "
+                     f"| {_p(a['correct_refusal_pct'])} | {a['p50_ms']:.1f} ms | {a['p95_ms']:.1f} ms |")
     a, d, h = summary["all"], summary["dev"], summary["held-out"]
-    lines.append(f"| **all** | {a['n']} | {a['exact_pct']:.1f}% (dev {d['exact_pct']:.1f}%) | {h['exact_pct']:.1f}% "
-                 f"| {a['hallucination_pct']:.1f}% | {a['correct_refusal_pct']:.1f}% (held-out {h['correct_refusal_pct']:.1f}%) "
+    lines.append(f"| **all** | {a['n']} | {_p(a['exact_pct'])} (dev {_p(d['exact_pct'])}) | {_p(h['exact_pct'])} "
+                 f"| {_p(a['hallucination_pct'])} | {_p(a['correct_refusal_pct'])} (held-out {_p(h['correct_refusal_pct'])}) "
                  f"| {a['p50_ms']:.1f} ms | {a['p95_ms']:.1f} ms |")
     return "\n".join(lines)
 
