@@ -526,7 +526,7 @@ _REPLIES = {
 # ------------------------------------------------------------------------------------ the check
 _NUMBER = re.compile(r"\d+(?:[.:]\d+)?")
 _FUNCTION = set("""a an the and or but so of to in on at by for with from as is are was were be been it its this that
-these those you your yours i me my we our they their there here then than also about around most more often usually
+these those you your yours they their there here then than also about around most more often usually
 typically mostly next after before each tied times time events event week weeks day days out go goes going went
 visit visits usual likely come comes looks look seems seem like just which who what when where how do does did
 not no yes one answer question sure well okay ok""".split())
@@ -545,12 +545,46 @@ def check_text(text: str, facts: Facts, question: str, vocabulary: Vocabulary) -
             problems.append(f"the answer {need!r} is missing")
     numbers = set(_NUMBER.findall(flat))
     problems += [f"number {n} is not in the facts" for n in _NUMBER.findall(text) if n not in numbers]
-    words = set(_norm(facts.sentence)) | set(_norm(question)) | {_singular(w) for w in _FUNCTION}
+    said, meant = _fact_sequence(text, vocabulary), _fact_sequence(facts.sentence, vocabulary)
+    if said != meant[: len(said)]:  # the facts in the template's order: no count moved to another event
+        problems.append(f"facts out of order: {said[:6]} vs {meant[:6]}")
+    elif len(said) < _answer_end(meant, facts.answer):  # and at least up to the answer itself
+        problems.append("the answer is not stated")
+    # the question's words may be reused, but not its first person: an answer speaks to the owner
+    words = set(_norm(facts.sentence)) | (set(_norm(question)) - _FIRST_PERSON) | {_singular(w) for w in _FUNCTION}
     words |= {_singular(w) for w in re.findall(r"[a-z]+", flat.lower())}
     new = sorted({w for w in _norm(text) if w not in words and not w.isdigit()})
     if new:
         problems.append("words not in the facts: " + ", ".join(new[:8]))
     return problems
+
+
+def _answer_end(meant: list[str], answer: Any) -> int:
+    """How many of the template's facts a rephrasing must keep: up to the last one that is the answer."""
+    if isinstance(answer, dict):
+        need = {str(answer["count"])} if "count" in answer else set(answer.get("weekdays", []))
+    else:
+        need = set(answer or [])
+    seen: set[str] = set()
+    for i, value in enumerate(meant):
+        seen |= {value} & need
+        if seen >= need:
+            return i + 1
+    return len(meant)
+
+
+def _fact_sequence(text: str, vocabulary: Vocabulary) -> list[str]:
+    """Event names, numbers, clock times and weekdays in the order the text states them."""
+    spans: list[tuple[int, str]] = []
+    rest = text
+    for name in sorted(vocabulary.counts, key=len, reverse=True):
+        for m in re.finditer(r"(?<!\w)" + re.escape(name) + r"(?!\w)", rest, flags=re.I):
+            spans.append((m.start(), name))
+        rest = re.sub(r"(?<!\w)" + re.escape(name) + r"(?!\w)", lambda m: " " * len(m.group(0)), rest, flags=re.I)
+    spans += [(m.start(), m.group(0)) for m in _NUMBER.finditer(rest)]
+    spans += [(m.start(), m.group(1).capitalize()) for m in
+              re.finditer(r"\b(" + "|".join(d.lower() for d in DAY_NAMES) + r")s?\b", rest, flags=re.I)]
+    return [v for _, v in sorted(spans)]
 
 
 def _facts_strings(value: Any) -> set[str]:

@@ -210,8 +210,15 @@ def test_check_rejects_inventions_and_keeps_faithful_rephrasings(vocab):
     for bad in ("You go to Burger Joint most often: 8 of your 25 events.",  # an event not in the facts
                 "You go to Home (private) most often: 9 of your 25 events.",  # a number not in the facts
                 "You go to Home (private) most often, every Monday at breakfast.",  # a day and a new habit
-                "You go to Church most often."):  # the answer itself is missing
+                "You go to Church most often.",  # the answer itself is missing
+                "You go to Home (private) most often: 6 of your 25 events, then Church (8).",  # counts swapped
+                "I go to Home (private) most often: 8 of my 25 events."):  # the owner's voice, not an answer to them
         assert check_text(bad, facts, q, vocab), bad
+    often = Facts({"type": "how_often", "event": "Church", "count": 6, "weeks": 4, "per_week": "1.5"},
+                  "Church appears 6 times in your events, which cover about 4 weeks: about 1.5 a week.", {"count": 6})
+    q = "How often do I go to church?"
+    assert check_text("You went to Church 6 times in about 4 weeks.", often, q, vocab) == []
+    assert check_text("How often do you go to church?", often, q, vocab)  # an echo of the question answers nothing
 
 
 # ------------------------------------------------------------------------------------ the model paths
