@@ -257,14 +257,13 @@ def _scope(words: list[str], now: datetime | None) -> tuple[Scope | None, set[in
     for i, w in enumerate(words):
         if i in used:
             continue
-        if w in _DAY_WORDS:
-            days.add(_DAY_WORDS[w]), used.add(i)
-        elif w in _GROUP_WORDS:
-            days.update(_GROUP_WORDS[w]), used.add(i)
+        if w in _DAY_WORDS or w in _GROUP_WORDS:
+            days.update(_GROUP_WORDS.get(w, (_DAY_WORDS.get(w),)))
+            used.add(i)
         elif w in ("today", "tonight", "tomorrow") and now is not None:
-            days.add((now + timedelta(days=1 if w == "tomorrow" else 0)).weekday()), used.add(i)
-            if w == "tonight":
-                part = "night"
+            days.add((now + timedelta(days=1 if w == "tomorrow" else 0)).weekday())
+            used.add(i)
+            part = "night" if w == "tonight" else part
         elif w in _PART_WORDS:
             early = i > 0 and words[i - 1] == "early" and _PART_WORDS[w] == "morning"
             part = "early morning" if early else _PART_WORDS[w]

@@ -101,6 +101,8 @@ def test_habit_questions_are_understood(question, habit, event, vocab):
     ("What do I do at 19:30?", None, (18 * 60 + 30, 20 * 60 + 30)),
     ("What do I do at 06:00?", None, (5 * 60, 7 * 60)),  # a clock time with minutes is read as written
     ("What do I do on Sunday nights?", (6,), (22 * 60, 29 * 60)),
+    ("What do I usually do tomorrow morning?", (1,), (5 * 60, 12 * 60)),  # NOW is a Monday
+    ("What do I do tonight?", (0,), (22 * 60, 29 * 60)),
 ])
 def test_days_and_times_are_resolved(question, days, window, vocab):
     q = understand(question, vocab, NOW)
