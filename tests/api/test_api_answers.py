@@ -183,3 +183,19 @@ def test_real_smollm2_on_the_issues_foursquare_owner(tmp_path, data_root):
     assert most.grounded.facts["top"][0] == ["Home (private)", 8] and most.grounded.facts["total"] == 28
     assert "Home (private)" in api.choices[0].message.content
     assert verify_labelled(api.choices[0].message.content, api.model_extra["homebody"]["manifest"], public_key=public).ok
+
+
+def test_what_next_comes_from_the_personal_model_once_there_is_one(known_vault):
+    from personal.assistant import Assistant
+
+    with Assistant.open(known_vault, PASSPHRASE, "ana", model="tiny", max_new_tokens=4) as a:
+        before = a.ask("What will I do next?")
+        assert before.grounded.facts["source"] == "counts" and not before.used_adapter
+        a.personalize(noise_multiplier=1.0, epochs=1, batch_size=8).wait(300)
+        after = a.ask("What will I do next?")
+        facts = after.grounded.facts
+        assert facts["source"] == "personal model" and facts["privacy"].startswith("DP adapter") and after.used_adapter
+        top = facts["suggestions"][0][0]
+        assert after.grounded.answer == [top] and top in {e.event for e in known_events()}
+        assert after.content.startswith(f"Your personal model expects {top} next ({facts['suggestions'][0][1]})")
+        assert verify_labelled(after.text, after.manifest, public_key=a.vault.public_key()).ok
