@@ -770,8 +770,16 @@ def _version() -> str:
         return "0+unknown"
 
 
-REPHRASE = ("Rewrite the answer below as one short, friendly sentence for the owner. Keep every name, day, time and "
-            "number exactly as written. Add nothing else.")
+REPHRASE = ("You reword an answer for the owner in one short sentence. Keep every name and number exactly as "
+            "written. Add nothing.")
+# Two worked examples (a 135M model follows examples far better than instructions); their names are
+# not the owner's, and the check rejects any that leak into an answer.
+REPHRASE_SHOTS = (
+    ("How often do I go to the gym?", "Gym appears 12 times in your events, which cover about 6 weeks: about 2.0 a week.",
+     "You went to Gym 12 times in about 6 weeks, about 2.0 a week."),
+    ("Where do I go after work?", "After Office, your next event is Subway: 9 of 14 times. Then come Gym (3).",
+     "After Office, you most often go to Subway: 9 of 14 times, then Gym (3)."),
+)
 CHITCHAT = ("You are a private assistant running on the owner's own device. Reply in one short, friendly sentence. "
             "Do not state anything about the owner's habits, places, days or times.")
 
@@ -803,7 +811,9 @@ def _prompt(d: Draft) -> list[dict[str, str]]:
     if d.kind == "chitchat":
         turns = [m for m in (d.convo or [{"role": "user", "content": d.question}]) if m["role"] in ("user", "assistant")]
         return [{"role": "system", "content": CHITCHAT}] + turns
-    return [{"role": "system", "content": REPHRASE},
+    shots = [m for q, a, r in REPHRASE_SHOTS for m in ({"role": "user", "content": f"Question: {q}\nAnswer: {a}"},
+                                                         {"role": "assistant", "content": r})]
+    return [{"role": "system", "content": REPHRASE}, *shots,
             {"role": "user", "content": f"Question: {d.question}\nAnswer: {d.facts.sentence}"}]
 
 
