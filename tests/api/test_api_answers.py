@@ -56,7 +56,10 @@ def _public(path: Path):
 
 
 def test_homebody_ask_answers_both_questions(known_vault, tmp_path, monkeypatch, capsys):
+    from personal.provenance.manifest import raw_public_key
+
     monkeypatch.setenv("HOMEBODY_PASSPHRASE", PASSPHRASE)
+    public = raw_public_key(_public(known_vault)).hex()  # the device's key: the signer `label verify` trusts
     for i, (question, expected) in enumerate(EXPECTED.items()):
         saved = tmp_path / f"answer{i}.txt"
         code, out, err = run_homebody(monkeypatch, capsys, "ask", question, "--profile", "ana", "--vault",
@@ -64,7 +67,7 @@ def test_homebody_ask_answers_both_questions(known_vault, tmp_path, monkeypatch,
         assert code == 0, err
         assert out.strip() == f"{LABEL} {expected}"
         assert "answered from your events" in err
-        code, out, err = run_homebody(monkeypatch, capsys, "label", "verify", str(saved))
+        code, out, err = run_homebody(monkeypatch, capsys, "label", "verify", str(saved), "--public-key", public)
         assert code == 0 and "valid" in out, out + err
         manifest = json.loads(saved.with_name(saved.name + ".manifest.json").read_text())
         assert manifest["answer"]["question"] == question and manifest["answer"]["facts"]["top"]
