@@ -153,7 +153,7 @@ def test_openai_client_against_homebody_serve(served, known_vault):
 
 @pytest.mark.realmodel
 @pytest.mark.slow
-def test_real_smollm2_on_the_issues_foursquare_owner(tmp_path, data_root):
+def test_real_smollm2_on_the_issues_foursquare_owner(tmp_path, data_root, monkeypatch, capsys):
     """The owner of the issue (u0005, 28 check-ins) with the packaged smollm2-135m phrasing: still the right facts."""
     from openai import OpenAI
 
@@ -184,6 +184,12 @@ def test_real_smollm2_on_the_issues_foursquare_owner(tmp_path, data_root):
         assert reply.completion_tokens > 0 and reply.grounded.model == ("smollm2-135m" if reply.grounded.phrasing ==
                                                                         "model" else "homebody-answer-templates")
     assert most.grounded.facts["top"][0] == ["Home (private)", 8] and most.grounded.facts["total"] == 28
+    monkeypatch.setenv("HOMEBODY_PASSPHRASE", PASSPHRASE)
+    for question in (MOST_OFTEN, SATURDAY):  # `homebody ask` with the packaged model phrasing
+        code, out, err = run_homebody(monkeypatch, capsys, "ask", question, "--profile", "u0005", "--vault", str(path),
+                                      "--model", "smollm2-135m", "--phrasing", "model", "--max-new-tokens", "40")
+        assert code == 0 and out.startswith(LABEL) and "Home (private)" in out, out + err
+        assert "tokens generated" in err  # the model did write (its text is kept only if it passed the check)
     assert "Home (private)" in api.choices[0].message.content
     assert verify_labelled(api.choices[0].message.content, api.model_extra["homebody"]["manifest"], public_key=public).ok
 
