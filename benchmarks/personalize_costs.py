@@ -106,8 +106,9 @@ def job_smollm2(args) -> dict:
         out = personalize(v, "owner", base, cfg, DPConfig(noise_multiplier=1.0))
         wall = time.perf_counter() - t1
         rss_trained = _peak_rss_mb()
-        ask(v, "owner", "What do I do on Monday mornings?", base, max_new_tokens=8)  # warm-up
-        a = ask(v, "owner", "What do I usually do on Friday evenings?", base, max_new_tokens=48)
+        # phrasing="model": this measures the generation cost (a templated habit answer generates nothing)
+        ask(v, "owner", "What do I do on Monday mornings?", base, max_new_tokens=8, phrasing="model")  # warm-up
+        a = ask(v, "owner", "What do I usually do on Friday evenings?", base, max_new_tokens=48, phrasing="model")
     return {"dtype": args.dtype, "events": args.smol_events, "load_s": t_load, "personalize_wall_s": wall,
             "steps": out.result.steps, "adapter_bytes": out.adapter.nbytes(), "adapter_params": out.adapter.num_parameters(),
             "peak_rss_mb_after_load": rss_loaded, "peak_rss_mb_after_personalize": rss_trained,

@@ -12,9 +12,10 @@
         a.budget(); a.forget()
 
 It composes the library, never re-implements it: ``personal.personalize`` (check → train →
-commit → sealed adapter), ``personal.predict`` (suggest, habit summary), ``personal.provenance``
-(every generated text goes through ``generate_labelled_batch``: visible label, signed manifest,
-keyed watermark) and ``privacy.budget`` / ``privacy.report``.
+commit → sealed adapter), ``personal.predict`` (suggest), ``personal.answers`` (the one grounded
+answer path: question → facts from the owner's events → phrasing → check → label, the same one
+``homebody ask`` uses; model text goes through ``generate_labelled_batch``: visible label, signed
+manifest, keyed watermark) and ``privacy.budget`` / ``privacy.report``.
 
 Models: ``model`` is the base the owner's adapter is trained on and ``suggest`` uses;
 ``chat_model`` is the causal base that answers. A causal ``model`` (``tiny-causal``,
@@ -23,8 +24,9 @@ is paired with a causal partner (``tiny`` → ``tiny-causal``, ``minilm-l6`` →
 which answers with the owner's adapter only if one was trained on it.
 
 Threads: every call is thread-safe. One lock guards the vault connection, one the models (their
-LoRA tensors are shared state). Chat requests are queued to one worker thread that batches
-concurrent requests with the same token limit into one ``generate`` call. A personalization
+LoRA tensors are shared state). Chat requests are queued to one worker thread that answers
+concurrent requests with the same token limit together: habit questions from the facts (no
+model), the ones that need the model (chit-chat, ``phrasing="model"``) in one ``generate`` call. A personalization
 job runs in its own thread with its OWN vault connection and its OWN copy of the base, so
 serving continues while it trains (SQLite's locking orders the writes); at most one job runs
 at a time, and erasure waits for no job: it is refused while one runs, because a finishing job
@@ -59,7 +61,6 @@ CHAT_PARTNER = {"tiny": "tiny-causal", "tiny-encoder": "tiny-causal", "minilm-l6
 ROLES = ("system", "developer", "user", "assistant", "tool")
 DEFAULT_PROFILE = "owner"
 UNIT = "record"
-_TEMPLATE_FREE_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 
 class AssistantError(HomebodyError):
@@ -88,18 +89,18 @@ class AssistantConfig:
 
     model: str = "tiny"
     chat_model: str | None = None  # None: ``model`` if causal, else its partner (CHAT_PARTNER)
-    max_new_tokens: int = 64
+    max_new_tokens: int = 48
     history: int = 3
-    summary_events: int = 2000
     chat_batch: int = 8
     token_cap: int = 512  # no answer is longer, whatever a request asks
-    system_prompt: str = ("You are a private assistant running on the owner's own device. "
-                          "Answer briefly from the owner's habits below.")
+    phrasing: str = "template"  # habit answers: "template" (from the facts) or "model" (rephrased, then checked)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 4096 or not 1 <= self.chat_batch <= 256 or self.history < 1 \
                 or not 1 <= self.token_cap <= 4096:
             raise AssistantError("max_new_tokens and token_cap must be 1..4096, chat_batch 1..256 and history >= 1")
+        if self.phrasing not in ("template", "model"):
+            raise AssistantError(f"phrasing must be 'template' or 'model', got {self.phrasing!r}")
 
     @property
     def chat_name(self) -> str:
@@ -119,6 +120,7 @@ class Reply:
     max_new_tokens: int
     seconds: float
     notes: tuple[str, ...] = ()
+    grounded: Any = None  # personal.answers.GroundedAnswer: kind, habit type, facts, phrasing
 
     @property
     def text(self) -> str:
@@ -258,7 +260,7 @@ class Assistant:
         self._active: Job | None = None
         self._version = itertools.count()
         self._state = next(self._version)  # bumped when events or adapters change: invalidates the caches
-        self._summary: tuple[int, str] | None = None
+        self._owner_facts: tuple[int, Any] | None = None
         self._adapter: tuple[int, Any] | None = None
         self._queue: queue.Queue[_ChatRequest | None] = queue.Queue()
         self._worker: threading.Thread | None = None
@@ -463,7 +465,11 @@ class Assistant:
 
     # ---------------------------------------------------------------- chat
     def ask(self, question: str, max_new_tokens: int | None = None) -> Reply:
-        """Answer one question in the owner's context, labelled."""
+        """Answer one question from the owner's events, labelled (an empty question gets a labelled hint)."""
+        if not isinstance(question, str):
+            raise InvalidMessages(f"a question is a string, got {type(question).__name__}")
+        if not question.strip():  # a labelled "please ask..." reply, not an error
+            return self._enqueue([{"role": "user", "content": question}], max_new_tokens).result()
         return self.chat([{"role": "user", "content": question}], max_new_tokens)
 
     def chat(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int | None = None,
@@ -473,7 +479,9 @@ class Assistant:
 
     def submit_chat(self, messages: Sequence[Mapping[str, Any]], max_new_tokens: int | None = None) -> concurrent.futures.Future:
         """Queue a chat; the returned future resolves to a ``Reply`` (batched with concurrent chats)."""
-        convo = _check_messages(messages)
+        return self._enqueue(_check_messages(messages), max_new_tokens)
+
+    def _enqueue(self, convo: list[dict[str, str]], max_new_tokens: int | None) -> concurrent.futures.Future:
         n = self.config.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 4096:
             raise AssistantError(f"max_new_tokens must be an integer in 1..4096, got {n!r}")
@@ -488,15 +496,47 @@ class Assistant:
             self._queue.put(_ChatRequest(convo, n, fut))
         return fut
 
-    def _habits(self) -> str:
-        from personal.predict import habit_summary
+    def _owner(self) -> Any:
+        """The owner's events prepared for answers (cached until events change)."""
+        from personal.answers import Owner
 
         state = self._state
-        if self._summary is None or self._summary[0] != state:
+        if self._owner_facts is None or self._owner_facts[0] != state:
             with self._vault_lock:
                 events = self.vault.events(self.profile) if self.vault.has_profile(self.profile) else []
-            self._summary = (state, habit_summary(events[-self.config.summary_events:]))
-        return self._summary[1]
+            self._owner_facts = (state, Owner(events))
+        return self._owner_facts[1]
+
+    def _suggestions(self) -> "Suggestions | None":
+        """The personal model's next events for "what next", or None without an adapter."""
+        from personal.personalize import ADAPTER
+        from personal.training import TrainingError
+
+        with self._vault_lock:
+            if not self.vault.has_profile(self.profile) or \
+                    (ADAPTER, self.config.model) not in self.vault.list_artefacts(self.profile):
+                return None
+        try:
+            return self.suggest(k=3)
+        except (ArtefactNotFound, ProfileNotFound, TrainingError):
+            return None
+
+    def _chat_model(self) -> tuple["BaseModel", str | None]:
+        """The chat base with the owner's adapter loaded (or cleared), for chit-chat and model phrasing."""
+        from personal.models import CAUSAL
+        from personal.training import TrainingError, wrap
+
+        base = self._base(self.config.chat_name)
+        if base.kind != CAUSAL:
+            raise TrainingError(f"chat needs a causal (generative) base such as smollm2-135m, not {base.name}")
+        adapter = self._chat_adapter(base)
+        if adapter is None:
+            for pm in base.wrapped.values():  # an adapter loaded earlier must not leak into this answer
+                pm.clear()
+            return base, None
+        pm = wrap(base, adapter.lora)
+        pm.load_adapter(adapter)
+        return base, adapter.sha256()
 
     def _chat_adapter(self, base: "BaseModel") -> Any:
         """The owner's adapter for the chat base, or None (cached until events or adapters change)."""
@@ -544,52 +584,24 @@ class Assistant:
                 r.future.set_exception(exc)
 
     def _answer(self, batch: list[_ChatRequest], max_new_tokens: int) -> None:
-        """Generate answers for a batch of chats with one ``generate`` call, each labelled and signed."""
+        """Answer a batch through the grounded path (personal.answers); the model runs once for those needing it."""
         try:
-            from personal.models import CAUSAL
-            from personal.provenance import generate_labelled_batch, provenance_for
-            from personal.provenance.watermark import derive_watermark_key
-            from personal.training import TrainingError, wrap
+            from personal.answers import AnswerConfig, prepare, respond
 
             with self._model_lock:
-                base = self._base(self.config.chat_name)
-                if base.kind != CAUSAL:
-                    raise TrainingError(f"chat needs a causal (generative) base such as smollm2-135m, not {base.name}")
-                habits = self._habits()
-                limit = int(getattr(base.model.config, "max_position_embeddings", 0) or 0) - max_new_tokens
-                ready: list[tuple[_ChatRequest, Any, int]] = []
-                for r in batch:  # a chat too long for the model fails alone, the others go on
-                    try:
-                        ready.append((r, *_fit_prompt(base.tokenizer, self.config.system_prompt, habits, r.prompt, limit)))
-                    except InvalidMessages as exc:
-                        r.future.set_exception(exc)
-                if not ready:
-                    return
-                batch = [r for r, _, _ in ready]
-                adapter = self._chat_adapter(base)
-                notes: tuple[str, ...] = ()
-                if adapter is not None:
-                    pm = wrap(base, adapter.lora)
-                    pm.load_adapter(adapter)
-                else:
-                    notes = (f"no {base.name} adapter for {self.profile!r}: answering from the habit summary only",)
-                    for pm in base.wrapped.values():  # an adapter loaded earlier must not leak into this answer
-                        pm.clear()
-                t = time.perf_counter()
-                out = generate_labelled_batch(
-                    base.model, base.tokenizer, [p for _, p, _ in ready],
-                    provenance_for(base, adapter_sha256=adapter.sha256() if adapter is not None else None),
-                    self._signer, watermark_key=derive_watermark_key(self._signer), max_new_tokens=max_new_tokens)
-                took = time.perf_counter() - t
-                # re-tokenising decoded text can split differently from generation: never count past the limit
-                done = [min(_n_tokens(base.tokenizer, lab.content), max_new_tokens) for lab in out]
+                owner = self._owner()
+                drafts = [prepare(_last_question(r.prompt), owner, suggestions=self._suggestions, convo=r.prompt)
+                          for r in batch]
+                out = respond(drafts, self._signer, config=AnswerConfig(self.config.phrasing, max_new_tokens),
+                              load_model=self._chat_model, vocabulary=owner.vocabulary)
         except BaseException as exc:  # every caller in the batch sees the failure
             for r in batch:
                 if not r.future.done():
                     r.future.set_exception(exc)
             return
-        for (r, _, n_in), lab, n_out in zip(ready, out, done):
-            r.future.set_result(Reply(lab, base.name, adapter is not None, n_in, n_out, max_new_tokens, took, notes))
+        for r, g in zip(batch, out):
+            r.future.set_result(Reply(g.labelled, g.model, g.used_adapter, g.prompt_tokens, g.new_tokens, max_new_tokens,
+                                      g.seconds, g.notes, g))
 
     # ---------------------------------------------------------------- privacy
     def budget(self) -> list[Budget]:
@@ -632,7 +644,7 @@ class Assistant:
             for base in self._bases.values():  # no erased adapter weights stay in memory
                 for pm in base.wrapped.values():
                     pm.clear()
-            self._adapter = self._summary = None
+            self._adapter = self._owner_facts = None
         return n
 
 
@@ -666,38 +678,9 @@ def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str
     return out
 
 
-def _prompt(tokenizer: Any, system: str, convo: list[dict[str, str]]) -> Any:
-    """The chat with our system turn first: a message list for chat templates, plain text otherwise."""
-    turns = [{"role": "system", "content": system}] + [m for m in convo if m["role"] != "tool"]
-    if getattr(tokenizer, "chat_template", None):
-        return turns
-    return "\n".join(f"{_TEMPLATE_FREE_ROLES[m['role']]}: {m['content']}" for m in turns) + "\nAssistant:"
-
-
-def _fit_prompt(tokenizer: Any, system: str, habits: str, convo: list[dict[str, str]], limit: int) -> tuple[Any, int]:
-    """The prompt and its length in tokens, within the model's context ``limit`` (<= 0: no limit).
-
-    The habit summary loses lines from its end first, then the oldest turns go (never the last
-    one); a conversation whose last turn alone does not fit is refused with ``InvalidMessages``.
-    """
-    lines = habits.split("\n")
-    while True:
-        prompt = _prompt(tokenizer, system + "\nHabits:\n" + "\n".join(lines), convo)
-        n = _n_tokens(tokenizer, prompt)
-        if limit <= 0 or n <= limit:
-            return prompt, n
-        if len(lines) > 1:
-            lines = lines[: max(1, len(lines) // 2)]
-        elif len(convo) > 1:
-            convo = convo[1:]
-        else:
-            raise InvalidMessages(f"the conversation needs {n} tokens; the model's context leaves room for {limit}")
-
-
-def _n_tokens(tokenizer: Any, prompt: Any) -> int:
-    if isinstance(prompt, list):
-        prompt = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+def _last_question(convo: list[dict[str, str]]) -> str:
+    """The last user turn: what a grounded answer answers."""
+    return next((m["content"] for m in reversed(convo) if m["role"] == "user"), "")
 
 
 __all__ = ["Assistant", "AssistantConfig", "AssistantError", "Budget", "InvalidMessages", "Job", "JobCancelled", "JobNotFound",

@@ -121,28 +121,33 @@ def suggest(
 def ask(
     question: str = typer.Argument(..., help="What to ask, e.g. 'what do I usually do on Friday evenings?'"),
     profile: str = typer.Option(..., "--profile"),
-    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP + " Loaded only when needed."),
+    phrasing: str = typer.Option("template", "--phrasing", help="template: a plain sentence from the facts (instant); "
+                                 "model: the language model rephrases it, checked against the facts."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),
     save: Optional[Path] = typer.Option(None, "--save", help="Also write the labelled answer to FILE and its signed manifest to FILE.manifest.json."),
     vault: VaultPath = None,
     key_file: KeyFile = None,
 ) -> None:
-    """Answer a question in the owner's context; the answer carries the AI-generated label.
+    """Answer a question from the owner's own events; the answer carries the AI-generated label.
 
+    The facts come from the vault (and the personal model for "what next"); the manifest names them.
     `--save FILE` keeps the answer with its signed manifest (check it with `homebody label verify FILE`).
     """
-    from personal.models import load_base
+    from personal.answers import AnswerConfig
     from personal.predict import ask as run
 
+    AnswerConfig(phrasing=phrasing, max_new_tokens=max_new_tokens)  # a bad option fails before the vault opens
     with open_vault(vault, key_file) as v:
-        out = run(v, profile, question, load_base(model), max_new_tokens=max_new_tokens)
+        out = run(v, profile, question, model, max_new_tokens=max_new_tokens, phrasing=phrasing)
     for note in out.notes:
-        err_console.print(f"[yellow]{note}[/]")
+        err_console.print(note, style="dim", highlight=False, markup=False)
     console.print(str(out.labelled), highlight=False, markup=False, soft_wrap=True)
     if save is not None:
         text_path, manifest_path = out.labelled.save(save)
         err_console.print(f"saved {text_path} and its signed manifest {manifest_path}")
-    err_console.print(f"[dim]{out.new_tokens} tokens in {out.seconds:.1f} s ({out.tokens_per_s:.1f} tokens/s)[/]")
+    speed = f", {out.new_tokens} tokens generated ({out.tokens_per_s:.1f} tokens/s)" if out.new_tokens else ""
+    err_console.print(f"[dim]answered in {out.seconds:.2f} s{speed}[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,19 +1,20 @@
 """Using an adapter: ``suggest`` the next events, ``ask`` a question in the owner's context.
 
 ``suggest`` builds the moment's context with ``context_text`` (the one serialisation) from the
-events before ``at`` and ranks the adapter's label space. ``ask`` gives ``smollm2-135m`` (with the
-owner's adapter if one was trained on it) a compact summary of the owner's habits drawn from the
-vault, and returns the answer through the provenance API: a visible AI-generated label, a
-manifest signed with the device key and a keyed watermark.
+events before ``at`` and ranks the adapter's label space. ``ask`` answers through the grounded
+answer path (personal/answers.py): the question is understood, the facts are computed from the
+owner's events (and their personal model for "what next"), the answer is phrased from them and
+checked, and it comes back through the provenance API: a visible AI-generated label and a
+manifest signed with the device key that names the facts (a watermark where the model wrote it).
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from personal.examples import DAYS, context_text, part_of_day
 from personal.models import CAUSAL, BaseModel
@@ -85,13 +86,18 @@ def habit_summary(events: Sequence["Event"], top: int = 3, recent: int = 5) -> s
 
 @dataclass
 class Answer:
-    """A labelled answer (``labelled`` is provenance's ``LabelledText``) and its speed."""
+    """A labelled answer (``labelled`` is provenance's ``LabelledText``) and its speed.
+
+    ``grounded`` says how it was made (habit type, facts, template or model phrasing);
+    ``new_tokens`` counts the tokens the language model generated (0 for a templated answer).
+    """
 
     labelled: Any
     new_tokens: int
     seconds: float
     used_adapter: bool
     notes: list[str] = field(default_factory=list)
+    grounded: Any = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -99,36 +105,78 @@ class Answer:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def ask(vault: "Vault", profile: str, question: str, base: BaseModel, *, max_new_tokens: int = 64,
-        summary_events: int = 2000, seed: int = 0) -> Answer:
-    """Answer ``question`` in the owner's context with a causal base (+ their adapter if any), labelled."""
-    import torch
+def ask(vault: "Vault", profile: str, question: str, base: "BaseModel | str", *,
+        max_new_tokens: int = 48, phrasing: str = "template", now: datetime | None = None,
+        seed: int | None = None) -> Answer:
+    """Answer ``question`` from the owner's events (personal.answers: facts → phrasing → check → label).
 
-    from personal.errors import ArtefactNotFound
-    from personal.provenance import generate_labelled, provenance_for
-    from personal.provenance.watermark import derive_watermark_key
+    ``base`` is the causal base, or its name: a name is loaded only when the model is needed
+    (chit-chat, ``phrasing="model"``, or "what next" when the owner has an adapter on it). The answer
+    carries the visible label and a manifest, signed with the vault's device key, naming the facts.
+    """
+    from personal.answers import AnswerConfig, Owner, prepare, respond
+    from personal.errors import ProfileNotFound
+
+    config = AnswerConfig(phrasing=phrasing, max_new_tokens=max_new_tokens)
+    get_base = _once(base)
+    base_name = base.name if not isinstance(base, str) else (
+        str(Path(base).expanduser().resolve()) if Path(base).expanduser().is_dir() else base)
+    try:
+        events = vault.events(profile)
+    except ProfileNotFound:
+        events = []
+    owner = Owner(events)
+    draft = prepare(question, owner, now=now, suggestions=lambda: _owner_suggestions(vault, profile, base_name, get_base, now))
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    out = respond([draft], vault.signing_key(), config=config, vocabulary=owner.vocabulary,
+                  load_model=lambda: _chat_model(vault, profile, get_base()))[0]
+    return Answer(out.labelled, out.new_tokens, out.seconds, out.used_adapter, list(out.notes), out)
+
+
+def _once(base: "BaseModel | str") -> "Callable[[], BaseModel]":
+    """A loader that loads a named base at most once (a loaded base is returned as it is)."""
+    if not isinstance(base, str):
+        return lambda: base
+    cache: list = []
+
+    def load() -> "BaseModel":
+        from personal.models import load_base
+
+        if not cache:
+            cache.append(load_base(base))
+        return cache[0]
+    return load
+
+
+def _owner_suggestions(vault: "Vault", profile: str, base_name: str, get_base: "Callable[[], BaseModel]",
+                       now: datetime | None) -> Any:
+    """The personal model's next events, or None when the owner has no adapter on this base."""
+    from personal.errors import ArtefactNotFound, ProfileNotFound
+    from personal.personalize import ADAPTER
+
+    try:
+        if (ADAPTER, base_name) not in vault.list_artefacts(profile):
+            return None
+        return suggest(vault, profile, get_base(), now, k=3)
+    except (ArtefactNotFound, ProfileNotFound, TrainingError):
+        return None
+
+
+def _chat_model(vault: "Vault", profile: str, base: BaseModel) -> tuple[BaseModel, str | None]:
+    """The causal base with the owner's adapter loaded (or every adapter cleared), and its hash."""
+    from personal.errors import ArtefactNotFound, ProfileNotFound
 
     if base.kind != CAUSAL:
         raise TrainingError(f"ask needs a causal (generative) base such as smollm2-135m, not {base.name}")
-    events = vault.events(profile)
-    notes, adapter_sha = [], None
     try:
         adapter = load_adapter(vault, profile, base)
-        pm = wrap(base, adapter.lora)
-        pm.load_adapter(adapter)
-        adapter_sha = adapter.sha256()
-    except ArtefactNotFound:
-        notes.append(f"no {base.name} adapter for {profile!r}: answering from the habit summary only")
+    except (ArtefactNotFound, ProfileNotFound):
         for pm in base.wrapped.values():  # an adapter loaded earlier must not leak into this answer
             pm.clear()
-    system = ("You are a private assistant running on the owner's own device. Answer briefly from the "
-              "owner's habits below.\nHabits:\n" + habit_summary(events[-summary_events:]))
-    chat = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-    signer = vault.signing_key()
-    torch.manual_seed(seed)
-    t = time.perf_counter()
-    labelled = generate_labelled(base.model, base.tokenizer, chat, provenance_for(base, adapter_sha256=adapter_sha),
-                                 signer, watermark_key=derive_watermark_key(signer), max_new_tokens=max_new_tokens)
-    took = time.perf_counter() - t
-    n = len(base.tokenizer(labelled.content, add_special_tokens=False)["input_ids"])
-    return Answer(labelled, n, took, adapter_sha is not None, notes)
+        return base, None
+    pm = wrap(base, adapter.lora)
+    pm.load_adapter(adapter)
+    return base, adapter.sha256()

@@ -87,16 +87,19 @@ def label_text(
     *,
     watermark: dict[str, Any] | None = None,
     created: datetime | None = None,
+    answer: dict[str, Any] | None = None,
 ) -> LabelledText:
     """Label a generated `content`: visible label + signed manifest.
 
     `watermark` is the manifest's watermark block (see `watermark.watermark_spec`); a provenance
-    with a watermark key id but no block records just the key id.
+    with a watermark key id but no block records just the key id. `answer` is a grounded answer's
+    record (question understood, facts used, phrasing), signed inside the manifest.
     """
     if not isinstance(content, str):
         raise ManifestError(f"content must be text, got {type(content).__name__}")
     if watermark is None and provenance.watermark_key_id is not None:
         watermark = {"key_id": provenance.watermark_key_id}
     labelled = apply_label(content, config)
-    body = build_manifest(content, labelled, config.to_dict(), provenance, watermark=watermark, created=created)
+    body = build_manifest(content, labelled, config.to_dict(), provenance, watermark=watermark, created=created,
+                          answer=answer)
     return LabelledText(content=content, label=config.label, manifest=sign_manifest(body, signer), config=config)

@@ -83,10 +83,16 @@ def build_manifest(
     *,
     watermark: dict[str, Any] | None = None,
     created: datetime | None = None,
+    answer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The unsigned manifest body for one generated text."""
+    """The unsigned manifest body for one generated text.
+
+    ``answer`` (grounded answers, personal/answers.py) records how the text was made: the habit
+    question understood, the facts it used and whether a template or the model phrased it. It is
+    signed with the rest; manifests without one are unchanged.
+    """
     created = created or datetime.now(timezone.utc)
-    return {
+    body = {
         "format": FORMAT,
         "ai_generated": True,
         "digital_source_type": DIGITAL_SOURCE_TYPE,
@@ -105,6 +111,9 @@ def build_manifest(
         "label": dict(label),
         "watermark": watermark,
     }
+    if answer is not None:
+        body["answer"] = answer
+    return body
 
 
 def sign_manifest(body: dict[str, Any], signer) -> dict[str, Any]:

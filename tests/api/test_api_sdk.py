@@ -31,11 +31,15 @@ def test_sdk_round_trip(vault_path):
         assert len(sug.items) == 2 and {e for e, _ in sug.items} <= {"Coffee Shop", "Office", "Park", "Subway"}
         assert "DP adapter" in sug.privacy
 
-        reply = a.chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "what do I do at 8?"}])
+        # chit-chat goes to the chat model with the owner's adapter; a habit question is answered from the facts
+        reply = a.chat([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}])
         assert reply.text.startswith(reply.label) and reply.used_adapter
         assert reply.manifest["signature"] and 1 <= reply.completion_tokens <= 4
         assert verify_labelled(reply.text, reply.manifest, a.vault.public_key()).ok
         assert reply.manifest["model"]["adapter_sha256"] == result["adapter_sha256"]
+        habit = a.ask("what do I do at 8?")
+        assert habit.content.startswith("Around 08:00, your most frequent event is Coffee Shop: 10 of the 10")
+        assert verify_labelled(habit.text, habit.manifest, a.vault.public_key()).ok
 
         record = next(b for b in a.budget() if b.unit == "record")
         assert record.releases == 1 and record.spent == pytest.approx(result["epsilon"]) and record.remaining < 8

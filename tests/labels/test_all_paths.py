@@ -27,8 +27,10 @@ ENTRY_POINTS = {"generate_labelled", "generate_labelled_batch"}
 # Direct callers of the entry point, as "file:function": each is walked by a test below.
 WALKED_CALLERS = {
     "personal/provenance/generate.py:generate_labelled",  # calls generate_labelled_batch
-    "personal/predict.py:ask",  # `homebody ask` prints it
-    "personal/assistant.py:_answer",  # Assistant.ask / chat / submit_chat, and the HTTP chat endpoint
+    # the grounded answer path (personal/answers.py), which `homebody ask`, Assistant.ask / chat / submit_chat
+    # and the HTTP chat endpoint all go through: chit-chat and model phrasing (tests/personal/test_answers.py
+    # and the paths below)
+    "personal/answers.py:_generate",
 }
 TOKENS = 6
 

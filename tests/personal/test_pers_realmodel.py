@@ -60,8 +60,10 @@ def test_smollm2_personalizes_a_few_steps_and_answers_labelled(tmp_path) -> None
         cfg = TrainConfig(lora=LoraSettings(r=4, layers=(-1,)), epochs=0.5, batch_size=8, max_length=48)
         out = personalize(v, "bo", base, cfg, DPConfig(noise_multiplier=1.0))
         assert 1 <= out.result.steps <= 4 and out.adapter.base_identity == base.identity()
-        answer = ask(v, "bo", "What do I usually do on Friday evenings?", base, max_new_tokens=12)
-        assert answer.used_adapter and answer.new_tokens > 0 and answer.labelled.content.strip()
+        # phrasing="model": the adapted model rewrites the grounded answer (kept only if it passes the fact check)
+        answer = ask(v, "bo", "What do I usually do on Friday evenings?", base, max_new_tokens=12, phrasing="model")
+        assert answer.new_tokens > 0 and answer.labelled.content.strip()
+        assert answer.used_adapter == (answer.grounded.phrasing == "model")
         assert str(answer.labelled).startswith("[AI-generated]")
         assert verify_labelled(str(answer.labelled), answer.labelled.manifest, v.public_key()).ok
         assert answer.labelled.manifest  # signed manifest travels with the text
