@@ -77,7 +77,7 @@ def swapped(tmp_path, base) -> Path:
 def test_library_refuses_the_swapped_adapter(swapped, base):
     with Vault.open(swapped, PASS) as v:
         for use in (lambda: load_adapter(v, PROFILE, base), lambda: suggest(v, PROFILE, base),
-                    lambda: ask(v, PROFILE, "when do I go to the gym?", base, max_new_tokens=2)):
+                    lambda: ask(v, PROFILE, "What will I do next?", base, max_new_tokens=2)):
             with pytest.raises(ArtefactMismatch, match="not the one the ledger recorded"):
                 use()
         personalize(v, PROFILE, base, CFG, DPConfig(noise_multiplier=1.2))  # a new release serves again
