@@ -610,7 +610,7 @@ class Assistant:
         from privacy.ledger import UNITS
 
         with self._vault_lock:
-            gate = ReleaseGate(self.vault.db)
+            gate = ReleaseGate(self.vault.db, signer=self.vault.signing_key())
             out = []
             for unit in UNITS:
                 pol = gate.policy(self.profile, unit)
@@ -624,7 +624,7 @@ class Assistant:
         from privacy.report import ledger_report
 
         with self._vault_lock:
-            return ledger_report(self.vault.db, self.profile)
+            return ledger_report(self.vault.db, self.profile, signer=self.vault.signing_key(), names=[self.profile])
 
     def forget(self) -> int:
         """Erase the owner's events and artefacts and destroy their key; returns how many events went.

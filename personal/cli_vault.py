@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -214,10 +216,25 @@ def verify(vault: VaultPath = None, key_file: KeyFile = None, show: int = typer.
     for failure in report.failures[:show]:
         console.print(f"FAIL {failure}", highlight=False)
     if not report.ok:
-        err_console.print(f"error: vault verification failed: {len(report.failures)} sealed value(s) did not open", highlight=False)
+        from personal.vault import StateMismatch
+
+        state = sum(1 for f in report.failures if isinstance(f, StateMismatch))
+        sealed = f"{len(report.failures) - state} sealed value(s) did not open"
+        extra = f"; {state} problem(s) with rows or ledger records against the sealed state" if state else ""
+        err_console.print(f"error: vault verification failed: {sealed}{extra}", highlight=False)
         raise typer.Exit(1)
     console.print("ok: every sealed value opened")
 
 
+@contextmanager
+def _unlock_for_privacy(path: Path, key_file: Optional[Path]) -> Iterator[tuple[object, object, list[str]]]:
+    """What `homebody privacy budget --set-cap` and friends need from an unlocked vault."""
+    with open_vault(path, key_file) as v:
+        yield v.db, v.signing_key(), v.profiles()
+
+
 def register(app: typer.Typer) -> None:
+    from privacy import cli as privacy_cli
+
+    privacy_cli.set_unlocker(_unlock_for_privacy)  # privacy/ (floor 1) cannot import the vault itself
     app.add_typer(vault_app, name="vault")

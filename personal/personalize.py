@@ -160,7 +160,7 @@ def released_record(vault: "Vault", profile: str, model: str) -> "LedgerRecord |
     """
     from privacy.ledger import Ledger
 
-    for record in reversed(Ledger(vault.db).records(profile, UNIT)):
+    for record in reversed(Ledger(vault.db, signer=vault.signing_key()).records(profile, UNIT)):
         if record.details.get("model") == model:
             return record
     return None

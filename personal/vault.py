@@ -5,12 +5,16 @@ by the data key, so forgetting a profile destroys its key (crypto-shredding). Ev
 value (timestamp, event, context, free text, profile name, artefact) is AES-256-GCM sealed with
 associated data `table|row|column`. Profile names are found through a keyed hash (HMAC).
 
-Clear tables: `meta` (non-secret settings, the device public key) and whatever privacy/ keeps
-in the same file through `vault.db` (ledger, budget policy), which holds no personal values.
+Clear tables: `meta` (non-secret settings, the device public key) and what privacy/ keeps in
+the same file through `vault.db`: the signed ledger of releases and budget policies, which names
+profiles only by a keyed hash (no personal values), and `sealed_state`, an AES-GCM sealed record
+of the ledger's length and head and of each profile's event count and row-id digest, updated in
+the same transaction as every append, import and forget (so deleted event rows are detected).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -42,9 +46,10 @@ from personal.errors import (
     VaultExists,
     WrongPassphrase,
 )
+from privacy.ledger import Ledger, LedgerError, load_sealed_state, store_sealed_state
 
 FORMAT = "homebody-vault"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: signed policies + profile ids in the ledger, sealed state (counts, chain head)
 FAST_KDF = (2**10, 8, 1)  # simulations only: recorded in the file and reported by verify
 BUSY_TIMEOUT_S = 60.0
 _META_SIGNING = ("meta", "device_signing_key", "value")
@@ -66,6 +71,18 @@ CREATE INDEX IF NOT EXISTS artefacts_profile ON artefacts(profile);
 """
 EVENT_COLUMNS = ("ts", "event", "context", "text")
 ARTEFACT_COLUMNS = ("kind", "name", "data", "meta")
+
+
+class VaultNeedsMigration(NotAVault):
+    """The file is a vault of an older format this homebody cannot open."""
+
+
+class StateMismatch(IntegrityError):
+    """Rows or ledger records that disagree with the sealed state or the signed chain (deleted, restored)."""
+
+    def __init__(self, table: str, row: object, column: str, detail: str) -> None:
+        super().__init__(table, row, column, detail)
+        self.args = (f"{table}: {detail}",)
 
 
 # Bounds every event meets, whatever its source (CSV, JSON Lines, the SDK, the API, simulations).
@@ -231,6 +248,12 @@ def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, str]:
     meta = dict(rows)
     if meta.get("format") != FORMAT:
         raise NotAVault(f"{path} is not a homebody vault (no '{FORMAT}' marker)")
+    if meta.get("format_version") == "1":
+        raise VaultNeedsMigration(
+            f"{path} is a vault of format 1 (unsigned budgets, profile names in the ledger, no sealed state); this "
+            f"homebody reads format {FORMAT_VERSION} and cannot upgrade it in place: export your events with the "
+            "homebody that wrote it (homebody vault export), create a new vault (homebody vault init) and import them"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise NotAVault(f"{path} has vault format {meta.get('format_version')!r}; this homebody reads {FORMAT_VERSION}")
     return meta
@@ -255,6 +278,7 @@ class Vault:
         self._meta = meta
         self._set_data_key(data_key, meta["data_key_id"])
         self._needs_scrub = False
+        self._signer: Ed25519PrivateKey | None = None
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
@@ -293,7 +317,14 @@ class Vault:
         with conn:
             conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
         conn.execute("PRAGMA synchronous=FULL")
-        return cls(path, conn, kek, data_key, meta)
+        vault = cls(path, conn, kek, data_key, meta)
+        # The chain starts now (signed genesis head), so a file without one has had it deleted.
+        with vault._write() as c:
+            Ledger(vault.db, signer=signing).initialise()
+            state = load_sealed_state(c, signing) or {}
+            state["events"] = {}
+            store_sealed_state(c, signing, state)
+        return vault
 
     @classmethod
     def open(cls, path: str | os.PathLike, passphrase: str) -> Vault:
@@ -322,6 +353,7 @@ class Vault:
             self._conn.close()
             self._conn = None
             self._kek = self._data_key = b""
+            self._signer = None
             self._profile_keys.clear()
 
     def __enter__(self) -> Vault:
@@ -362,6 +394,7 @@ class Vault:
                 "INSERT INTO events(id, profile, ts, event, context, text) VALUES (?, ?, ?, ?, ?, ?)",
                 zip(ids, (pids[ev.user] for ev in batch), cols["ts"], cols["event"], cols["context"], cols["text"]),
             )
+            self._update_event_state(conn, {pid: [ids[i] for i in idx] for pid, idx in by_profile.items()})
         return len(batch)
 
     def events(self, profile: str) -> list[Event]:
@@ -469,6 +502,9 @@ class Vault:
             conn.execute("DELETE FROM events WHERE profile = ?", (pid,))
             conn.execute("DELETE FROM artefacts WHERE profile = ?", (pid,))
             conn.execute("DELETE FROM profiles WHERE id = ?", (pid,))
+            state = self._sealed_state(conn)
+            state["events"].pop(str(pid), None)
+            store_sealed_state(conn, self._signing(conn), state)
         self._profile_keys.pop(pid, None)
         self._scrub()
 
@@ -530,8 +566,54 @@ class Vault:
     def signing_key(self) -> Ed25519PrivateKey:
         """The device's Ed25519 signing key (generated at create, sealed in the vault)."""
         with self._read() as conn:
+            return self._signing(conn)
+
+    def _signing(self, conn: sqlite3.Connection) -> Ed25519PrivateKey:
+        """The signing key, opened once per open vault (it survives data-key rotation unchanged)."""
+        if self._signer is None:
             blob = bytes.fromhex(self._meta_value(conn, "device_signing_key"))
-        return Ed25519PrivateKey.from_private_bytes(self._data.open(blob, *_META_SIGNING))
+            self._signer = Ed25519PrivateKey.from_private_bytes(self._data.open(blob, *_META_SIGNING))
+        return self._signer
+
+    def _sealed_state(self, conn: sqlite3.Connection) -> dict:
+        """The sealed state; a missing or edited one is refused (writing over it would hide the tampering)."""
+        try:
+            state = load_sealed_state(conn, self._signing(conn))
+        except LedgerError as exc:
+            raise VaultCorrupted(f"{self.path}: {exc}; run `homebody vault verify`") from None
+        if state is None or not isinstance(state.get("events"), dict):
+            raise VaultCorrupted(f"{self.path}: the sealed state (event counts, ledger head) is missing; it was deleted")
+        return state
+
+    def _update_event_state(self, conn: sqlite3.Connection, added: dict[int, list[int]]) -> None:
+        """Add rows to each profile's sealed count and row-id digest (inside the adding transaction)."""
+        state = self._sealed_state(conn)
+        for pid, ids in added.items():
+            count, digest = state["events"].get(str(pid), [0, 0])
+            state["events"][str(pid)] = [count + len(ids), (digest + _ids_digest(pid, ids)) % _DIGEST_MOD]
+        store_sealed_state(conn, self._signing(conn), state)
+
+    def _event_state_failures(self, conn: sqlite3.Connection) -> list[IntegrityError]:
+        """Per profile: do the rows in the file match the sealed count and row-id digest?"""
+        try:
+            sealed = self._sealed_state(conn)["events"]
+        except VaultCorrupted as exc:
+            return [StateMismatch("sealed_state", 1, "blob", str(exc).split(": ", 1)[-1])]
+        found: dict[str, list[int]] = {}
+        for pid, rid in conn.execute("SELECT profile, id FROM events"):
+            found.setdefault(str(pid), []).append(rid)
+        out = []
+        for pid in sorted(set(sealed) | set(found), key=lambda p: int(p) if p.lstrip("-").isdigit() else 0):
+            want, ids = sealed.get(pid, [0, 0]), found.get(pid, [])
+            digest = _ids_digest(int(pid), ids) % _DIGEST_MOD if ids else 0
+            if len(ids) != want[0]:
+                what = "deleted" if len(ids) < want[0] else "inserted or restored from a copy"
+                out.append(StateMismatch("events", f"profile {pid}", "rows", f"the sealed state records {want[0]} "
+                                          f"event rows, the file holds {len(ids)}: rows were {what}"))
+            elif digest != want[1]:
+                out.append(StateMismatch("events", f"profile {pid}", "rows", "the set of event rows differs from the "
+                                          "sealed one (rows deleted and others restored from a copy)"))
+        return out
 
     def public_key(self) -> Ed25519PublicKey:
         """The device's public key (stored in clear in meta.device_public_key)."""
@@ -583,6 +665,8 @@ class Vault:
                     failures.append(exc)
             n_events = self._verify_rows(conn, "events", EVENT_COLUMNS, sealers, profiles, failures)
             n_art = self._verify_rows(conn, "artefacts", ARTEFACT_COLUMNS, sealers, profiles, failures)
+            failures.extend(self._event_state_failures(conn))
+            failures.extend(self._ledger_failures(conn))
         checked += n_events * len(EVENT_COLUMNS) + n_art * len(ARTEFACT_COLUMNS)
         m = self._meta
         return VerifyReport(
@@ -592,6 +676,18 @@ class Vault:
         )
 
     # ---------------------------------------------------------------- internals
+    def _ledger_failures(self, conn: sqlite3.Connection) -> list[IntegrityError]:
+        """The ledger's chain, head and sealed state, checked with the device key."""
+        try:
+            signer = self._signing(conn)
+        except (IntegrityError, ValueError):
+            signer = None  # already reported by verify
+        try:
+            problems = Ledger(self.db, signer=signer).verify()
+        except LedgerError as exc:
+            problems = [str(exc)]
+        return [StateMismatch("ledger", "chain", "records", p) for p in problems]
+
     def _verify_rows(self, conn, table, columns, sealers, profiles, failures) -> int:
         known = {row[0] for row in profiles}
         n = 0
@@ -768,6 +864,17 @@ class Vault:
                     break
                 time.sleep(0.2)
             self._needs_scrub = bool(busy) or not vacuumed
+
+
+_DIGEST_MOD = 2**128
+
+
+def _ids_digest(pid: int, ids: Iterable[int]) -> int:
+    """An additive digest of a profile's event row ids (updated incrementally; order-free)."""
+    total = 0
+    for rid in ids:
+        total += int.from_bytes(hashlib.sha256(f"{pid}:{rid}".encode()).digest()[:16], "big")
+    return total % _DIGEST_MOD
 
 
 def _stored_ts_problem(plain: bytes) -> str | None:

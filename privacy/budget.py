@@ -1,8 +1,14 @@
 """Budget policy and the release gate: every DP release goes ``check -> compute -> commit``.
 
-``check`` refuses a release that would cross the profile+unit's cap *before* any training,
-with a :class:`BudgetExhausted` that carries what remains, and writes nothing. ``commit``
-checks again (another release may have landed meanwhile) and appends a signed ledger record.
+``check`` verifies the signed chain (refusing a broken or missing one with
+:class:`~privacy.ledger.LedgerTampered`), then refuses a release that would cross the
+profile+unit's cap *before* any training, with a :class:`BudgetExhausted` that carries what
+remains, and writes nothing. ``commit`` verifies, checks again and appends the signed record
+inside ONE write transaction (``BEGIN IMMEDIATE``), so concurrent releases cannot both pass a
+cap that admits one.
+
+Budget policies are themselves signed ledger entries (kind ``policy``): setting or changing one
+needs the device signing key, i.e. the unlocked vault, and every change stays on the chain.
 
 Record-level (``"record"``: one event of the owner, local DP-SGD) and user-level (``"user"``:
 the whole device, federated rounds) budgets are accounted and capped separately.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+import hashlib
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -20,10 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.accountant import ACCOUNTANTS, DEFAULT_ACCOUNTANT, SubsampledGaussian, compute_epsilon
 from privacy.errors import HomebodyError
-from privacy.ledger import UNITS, Ledger, LedgerError, LedgerRecord
+from privacy.ledger import POLICY, UNITS, Ledger, LedgerError, LedgerRecord, canonical_json
 from privacy.randomness import RNG_KINDS, SEEDED
 
-POLICY_TABLE = "budget_policy"
+POLICY_MECHANISM = "budget-policy"
 
 
 class BudgetError(HomebodyError):
@@ -100,8 +107,10 @@ def _check_target(profile: str, unit: str) -> None:
 
 
 class ReleaseGate:
-    """Checks releases against the policy and records them in the signed ledger.
+    """Checks releases against the signed policy and records them in the signed ledger.
 
+    ``signer`` is the device signing key (``vault.signing_key()``): without it the gate can read
+    and check (by profile id, or by name only with the key) but neither commit nor set a policy.
     ``allow_seeded_noise`` (default False, as on every real device): whether ``commit`` accepts a
     release whose ``details["rng"]`` is ``"seeded"``. Only simulations and tests set it.
     """
@@ -113,32 +122,42 @@ class ReleaseGate:
             raise BudgetError(f"unknown accountant {accountant!r}: choose one of {', '.join(ACCOUNTANTS)}")
         self.db, self.signer, self.accountant, self._clock = db, signer, accountant, clock
         self.allow_seeded_noise = bool(allow_seeded_noise)
-        self.ledger = Ledger(db)  # tables are created on first write: reads never touch the file
+        self.ledger = Ledger(db, signer=signer)  # tables are created on first write: reads never touch the file
 
     # -- policy ----------------------------------------------------------------------------
-    def set_policy(self, profile: str, unit: str, policy: BudgetPolicy) -> None:
-        """Set (or replace) the policy of one profile+unit."""
+    def set_policy(self, profile: str, unit: str, policy: BudgetPolicy) -> LedgerRecord | None:
+        """Set (or change) the policy of one profile+unit as a signed ledger entry.
+
+        Needs the device key; returns the new entry, or None when that policy is already in force.
+        """
         _check_target(profile, unit)
-        row = dict(profile=profile, unit=unit, time=self._clock().isoformat(), **asdict(policy))
-        with self.db.conn:
-            if POLICY_TABLE not in self.db.table_names():
-                self.db[POLICY_TABLE].create(
-                    {"profile": str, "unit": str, "epsilon_cap": float, "delta": float, "window_days": float,
-                     "window_cap": float, "time": str},
-                    pk=("profile", "unit"),
-                )
-            self.db[POLICY_TABLE].upsert(row, pk=("profile", "unit"))
+        if not isinstance(policy, BudgetPolicy):
+            raise BudgetError(f"policy must be a BudgetPolicy, got {type(policy).__name__}")
+        if self.signer is None:
+            raise BudgetError("changing a budget policy needs the device key: unlock the vault with its passphrase")
+        params = asdict(policy)
+        with self.ledger.transaction():
+            self.ledger.check_or_raise()
+            if self.policy(profile, unit) == policy and self.ledger.latest_policy(profile, unit) is not None:
+                return None
+            return self.ledger.append_verified(
+                time=self._clock().isoformat(), profile=profile, unit=unit, mechanism=POLICY_MECHANISM,
+                params=params, accountant="", delta=policy.delta, epsilon=0.0,
+                artefact_sha256=hashlib.sha256(canonical_json(params)).hexdigest(), details={}, signer=self.signer,
+                kind=POLICY,
+            )
 
     def policy(self, profile: str, unit: str) -> BudgetPolicy:
-        """The profile+unit's policy, or :data:`DEFAULT_POLICY`."""
+        """The profile+unit's newest signed policy, or :data:`DEFAULT_POLICY`."""
         _check_target(profile, unit)
-        if POLICY_TABLE not in self.db.table_names():
+        rec = self.ledger.latest_policy(profile, unit)
+        if rec is None:
             return DEFAULT_POLICY
-        rows = list(self.db.query(f"select * from [{POLICY_TABLE}] where profile = ? and unit = ?", [profile, unit]))
-        if not rows:
-            return DEFAULT_POLICY
-        r = rows[0]
-        return BudgetPolicy(r["epsilon_cap"], r["delta"], r["window_days"], r["window_cap"])
+        p = rec.params
+        try:
+            return BudgetPolicy(p["epsilon_cap"], p["delta"], p.get("window_days"), p.get("window_cap"))
+        except (KeyError, TypeError) as exc:
+            raise BudgetError(f"{rec.label()}: unreadable policy ({exc})") from None
 
     # -- accounting ------------------------------------------------------------------------
     def _releases(self, profile: str, unit: str, since: datetime | None = None) -> list[SubsampledGaussian | None]:
@@ -161,10 +180,16 @@ class ReleaseGate:
         return max(0.0, self.policy(profile, unit).epsilon_cap - self.spent(profile, unit))
 
     def check(self, profile: str, unit: str, mech: SubsampledGaussian) -> float:
-        """Epsilon after this release; raise :class:`BudgetExhausted` if it crosses a cap. Writes nothing."""
+        """Epsilon after this release; raise :class:`BudgetExhausted` if it crosses a cap, and
+        :class:`~privacy.ledger.LedgerTampered` if the chain is broken or missing. Writes nothing."""
         _check_target(profile, unit)
         if not isinstance(mech, SubsampledGaussian):
             raise BudgetError(f"mech must be a SubsampledGaussian, got {type(mech).__name__}")
+        self.ledger.check_or_raise()
+        return self._check_verified(profile, unit, mech)
+
+    def _check_verified(self, profile: str, unit: str, mech: SubsampledGaussian) -> float:
+        """The cap check proper, on a chain the caller has just verified."""
         pol = self.policy(profile, unit)
         past = self._releases(profile, unit)
         after = self._epsilon(past + [mech], pol.delta)
@@ -181,22 +206,34 @@ class ReleaseGate:
         return after
 
     # -- recording -------------------------------------------------------------------------
+    def _need_signer(self) -> Ed25519PrivateKey:
+        if self.signer is None:
+            raise LedgerError("recording a release needs the device signing key (unlock the vault with its passphrase)")
+        return self.signer
+
     def commit(self, profile: str, unit: str, mech: SubsampledGaussian, artefact_sha256: str,
                mechanism: str = "dp-sgd", details: dict | None = None) -> LedgerRecord:
-        """Re-check the cap, then append a signed record. On BudgetExhausted, discard the artefact.
+        """Verify the chain, re-check the cap and append a signed record, all in one write transaction.
 
+        On BudgetExhausted (another release landed meanwhile), nothing is written: discard the artefact.
         ``details["rng"]`` names the noise's randomness (``privacy.randomness``): required, and
         ``"seeded"`` is refused (:class:`SeededNoiseRefused`) unless ``allow_seeded_noise``.
         """
+        _check_target(profile, unit)
         check_rng((details or {}).get("rng"), self.allow_seeded_noise)
-        after = self.check(profile, unit, mech)
         if mechanism == "non-private":
             raise BudgetError("use commit_non_private for releases without noise")
-        return self.ledger.append(
-            time=self._clock().isoformat(), profile=profile, unit=unit, mechanism=mechanism,
-            params=mech.params(), accountant=self.accountant, delta=self.policy(profile, unit).delta,
-            epsilon=after, artefact_sha256=artefact_sha256, details=details, signer=self.signer,
-        )
+        if not isinstance(mech, SubsampledGaussian):
+            raise BudgetError(f"mech must be a SubsampledGaussian, got {type(mech).__name__}")
+        signer = self._need_signer()
+        with self.ledger.transaction():
+            self.ledger.check_or_raise()
+            after = self._check_verified(profile, unit, mech)
+            return self.ledger.append_verified(
+                time=self._clock().isoformat(), profile=profile, unit=unit, mechanism=mechanism,
+                params=mech.params(), accountant=self.accountant, delta=self.policy(profile, unit).delta,
+                epsilon=after, artefact_sha256=artefact_sha256, details=details, signer=signer,
+            )
 
     def commit_non_private(self, profile: str, unit: str, artefact_sha256: str,
                            details: dict | None = None) -> LedgerRecord:
@@ -205,11 +242,14 @@ class ReleaseGate:
         Not capped (it is an explicit opt-out); every later ``check`` on this profile+unit fails.
         """
         _check_target(profile, unit)
-        return self.ledger.append(
-            time=self._clock().isoformat(), profile=profile, unit=unit, mechanism="non-private", params={},
-            accountant=self.accountant, delta=self.policy(profile, unit).delta, epsilon=math.inf,
-            artefact_sha256=artefact_sha256, details=details, signer=self.signer,
-        )
+        signer = self._need_signer()
+        with self.ledger.transaction():
+            self.ledger.check_or_raise()
+            return self.ledger.append_verified(
+                time=self._clock().isoformat(), profile=profile, unit=unit, mechanism="non-private", params={},
+                accountant=self.accountant, delta=self.policy(profile, unit).delta, epsilon=math.inf,
+                artefact_sha256=artefact_sha256, details=details, signer=signer,
+            )
 
 
 __all__ = [

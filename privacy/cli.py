@@ -1,8 +1,11 @@
-"""`homebody privacy ...` (accounting, budgets) and `homebody audit ...` (verify, report).
+"""`homebody privacy ...` (accounting, budgets) and `homebody audit ...` (verify, receipt, report).
 
-Everything here works on the vault file with sqlite alone: the ledger and the policies are in
-clear and the device public key is in ``meta``, so no passphrase is needed. Read-only commands
-open the file read-only. (`homebody audit empirical` is registered by simulations/empirical_audit.py.)
+Reading and verifying work on the vault file with sqlite alone: the ledger is signed, names
+profiles by id (a keyed hash) and the device public key is in ``meta``, so no passphrase is
+needed; read-only commands open the file read-only. Changing a budget policy, and naming a
+profile by its name, need the device key: those unlock the vault through the hook the personal
+floor installs (:func:`set_unlocker`), since this floor imports nothing of ours.
+(`homebody audit empirical` is registered by simulations/empirical_audit.py.)
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -27,8 +32,42 @@ ACCOUNTANT_HELP = "pld (dp-accounting, default), prv (opacus) or rdp (opacus)."
 VAULT_HELP = "The vault file (its ledger is read with sqlite alone: no passphrase)."
 
 
+KEY_FILE_HELP = "Read the vault passphrase from this file (else $HOMEBODY_PASSPHRASE, else a prompt)."
+
+# (vault path, key file) -> a context giving (db, device signing key, the owner's profile names).
+Unlocker = Callable[[Path, Optional[Path]], AbstractContextManager[tuple[Any, Any, list[str]]]]
+_unlocker: Unlocker | None = None
+
+
 class VaultFileError(HomebodyError):
     """The vault file is missing or is not an SQLite file."""
+
+
+class UnlockUnavailable(HomebodyError):
+    """A command needs the vault unlocked but no unlocker is installed."""
+
+
+def set_unlocker(fn: Unlocker) -> None:
+    """Install how to unlock a vault (the personal floor does it when it registers its CLI)."""
+    global _unlocker
+    _unlocker = fn
+
+
+@contextmanager
+def unlocked(vault: Path, key_file: Optional[Path]):
+    """(db, signer, profile names) of the unlocked vault, for the duration of the block."""
+    if _unlocker is None:
+        raise UnlockUnavailable("this command needs the vault's passphrase, but no vault support is installed")
+    if not vault.is_file():
+        raise VaultFileError(f"no vault at {vault}")
+    with _unlocker(vault, key_file) as parts:
+        yield parts
+
+
+def _needs_unlock(profile: Optional[str]) -> bool:
+    from privacy.ledger import is_profile_id
+
+    return profile is not None and not is_profile_id(profile)
 
 
 def open_db(path: Path, readonly: bool = True):
@@ -113,16 +152,19 @@ def steps_cmd(
     _emit(as_json, payload, f"at most {t} steps keep epsilon <= {epsilon:g} at delta = {delta:g} ({accountant.lower()})")
 
 
-def _budget_rows(db, profiles: list[str], accountant: str) -> list[dict]:
+def _budget_rows(db, profiles: list[str], accountant: str, signer=None, names: dict[str, str] | None = None) -> list[dict]:
     from privacy.budget import ReleaseGate
     from privacy.ledger import UNITS
 
-    gate = ReleaseGate(db, accountant=accountant)
+    gate = ReleaseGate(db, signer=signer, accountant=accountant)
+    names = names or {}
     rows = []
     for p in profiles:
+        pid = gate.ledger.profile_key(p)
         for unit in UNITS:
             pol, spent = gate.policy(p, unit), gate.spent(p, unit)
-            rows.append({"profile": p, "unit": unit, "spent": _eps_json(spent), "cap": pol.epsilon_cap,
+            rows.append({"profile": names.get(pid, p), "profile_id": pid, "unit": unit, "spent": _eps_json(spent),
+                         "cap": pol.epsilon_cap,
                          "remaining": max(0.0, pol.epsilon_cap - spent), "delta": pol.delta,
                          "window_days": pol.window_days, "window_cap": pol.window_cap})
     return rows
@@ -131,7 +173,8 @@ def _budget_rows(db, profiles: list[str], accountant: str) -> list[dict]:
 @privacy_app.command("budget")
 def budget_cmd(
     vault: Path = typer.Option(..., "--vault", help=VAULT_HELP),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="One profile (default: all in the ledger)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="One profile: its name (needs the passphrase) or "
+                                          "its id pid-... (default: all in the ledger)."),
     unit: Optional[str] = typer.Option(None, "--unit", help="With --set-cap: record or user (default: both)."),
     set_cap: Optional[float] = typer.Option(None, "--set-cap", help="Set this epsilon cap for --profile."),
     delta: float = typer.Option(1e-5, "--delta", help="With --set-cap: the policy's delta."),
@@ -139,21 +182,34 @@ def budget_cmd(
     window_cap: Optional[float] = typer.Option(None, "--window-cap", help="With --set-cap: epsilon cap per window."),
     accountant: str = typer.Option("pld", "--accountant", "-a", help=ACCOUNTANT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    names: bool = typer.Option(False, "--names", help="Unlock the vault (passphrase) to show profile names, not ids."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
 ) -> None:
-    """Show spent and remaining budget per profile and unit; set a profile's policy with --set-cap."""
+    """Show spent and remaining budget per profile and unit; set a profile's policy with --set-cap.
+
+    Setting a cap is a signed ledger entry: it needs the vault's passphrase (the device key).
+    """
     from privacy.budget import BudgetError, BudgetPolicy, ReleaseGate
     from privacy.ledger import UNITS, Ledger
 
+    policy = None
     if set_cap is not None:
         if profile is None:
             raise BudgetError("--set-cap needs --profile")
         policy = BudgetPolicy(set_cap, delta, window_days, window_cap)
-        db = open_db(vault, readonly=False)
-        for u in [unit] if unit else list(UNITS):
-            ReleaseGate(db).set_policy(profile, u, policy)
-    db = open_db(vault)
-    profiles = [profile] if profile else Ledger(db).profiles()
-    rows = _budget_rows(db, profiles, accountant)
+        if unit is not None and unit not in UNITS:
+            raise BudgetError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    if policy is not None or names or _needs_unlock(profile):
+        with unlocked(vault, key_file) as (db, signer, owner_names):
+            if policy is not None:
+                gate = ReleaseGate(db, signer=signer, accountant=accountant)
+                for u in [unit] if unit else list(UNITS):
+                    gate.set_policy(profile, u, policy)
+            ids = Ledger(db, signer=signer).names(owner_names)
+            rows = _budget_rows(db, [profile] if profile else Ledger(db).profiles(), accountant, signer, ids)
+    else:
+        db = open_db(vault)
+        rows = _budget_rows(db, [profile] if profile else Ledger(db).profiles(), accountant)
     if as_json:
         print(json.dumps({"accountant": accountant, "budgets": rows}))
         return
@@ -167,20 +223,27 @@ def budget_cmd(
 @privacy_app.command("check")
 def check_cmd(
     vault: Path = typer.Option(..., "--vault", help=VAULT_HELP),
-    profile: str = typer.Option(..., "--profile", "-p", help="The profile that would release."),
+    profile: str = typer.Option(..., "--profile", "-p", help="The profile that would release: its name (needs the "
+                                "passphrase) or its id pid-..."),
     unit: str = typer.Option("record", "--unit", help="record (local DP-SGD) or user (federated rounds)."),
     noise_multiplier: float = typer.Option(..., "--noise-multiplier", "-z"),
     sample_rate: float = typer.Option(..., "--sample-rate", "-q"),
     steps: int = typer.Option(..., "--steps", "-t"),
     accountant: str = typer.Option("pld", "--accountant", "-a", help=ACCOUNTANT_HELP),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
 ) -> None:
     """Would this release fit the budget? Reads only; exits 1 with what remains when it would not."""
     from privacy.accountant import SubsampledGaussian
     from privacy.budget import ReleaseGate
 
-    gate = ReleaseGate(open_db(vault), accountant=accountant)
-    after = gate.check(profile, unit, SubsampledGaussian(noise_multiplier, sample_rate, steps))
-    cap = gate.policy(profile, unit).epsilon_cap
+    mech = SubsampledGaussian(noise_multiplier, sample_rate, steps)
+    if _needs_unlock(profile):
+        with unlocked(vault, key_file) as (db, signer, _):
+            gate = ReleaseGate(db, signer=signer, accountant=accountant)
+            after, cap = gate.check(profile, unit, mech), gate.policy(profile, unit).epsilon_cap
+    else:
+        gate = ReleaseGate(open_db(vault), accountant=accountant)
+        after, cap = gate.check(profile, unit, mech), gate.policy(profile, unit).epsilon_cap
     console.print(f"fits: epsilon would be {after:.4g} of cap {cap:g} ({unit}-level), "
                   f"{cap - after:.4g} would remain", highlight=False)
 
@@ -189,19 +252,50 @@ def check_cmd(
 def verify_cmd(
     vault: Path = typer.Option(..., "--vault", help=VAULT_HELP),
     public_key: Optional[str] = typer.Option(None, "--public-key", help="Hex of the device public key (default: the file's meta)."),
+    receipt: Optional[Path] = typer.Option(None, "--receipt", help="Also check that the file extends this receipt "
+                                           "(from `homebody audit receipt`): detects a rollback to an older copy."),
 ) -> None:
-    """Check every ledger record's signature and the hash chain; name each record that fails."""
-    from privacy.ledger import Ledger, LedgerTampered
+    """Check every ledger record's signature, the hash chain and the signed head; name each problem."""
+    from privacy.ledger import POLICY, Ledger, LedgerTampered
 
     ledger = Ledger(open_db(vault))
     problems = ledger.verify(public_key)
+    if receipt is not None:
+        problems += ledger.check_receipt(_read_receipt(receipt), public_key)
     if problems:
         for p in problems:
             console.print(f"[red]✗[/] {p}", highlight=False)
         raise LedgerTampered(problems)
-    n = len(ledger.records())
-    console.print(f"[green]✓[/] ledger verified: {n} record{'s' if n != 1 else ''}, each signed by the device key "
-                  "and chained to its predecessor", highlight=False)
+    entries = ledger.records(kind=None)
+    n, n_pol = len(entries), sum(1 for r in entries if r.kind == POLICY)
+    against = f"; it extends the receipt {receipt}" if receipt is not None else ""
+    console.print(f"[green]✓[/] ledger verified: {n} record{'s' if n != 1 else ''} ({n - n_pol} releases, {n_pol} policy "
+                  f"changes), each signed by the device key and chained to its predecessor up to the signed head{against}",
+                  highlight=False)
+
+
+def _read_receipt(path: Path) -> dict:
+    from privacy.ledger import LedgerError
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LedgerError(f"cannot read receipt {path}: {exc}") from None
+
+
+@audit_app.command("receipt")
+def receipt_cmd(
+    vault: Path = typer.Option(..., "--vault", help=VAULT_HELP),
+    out: Path = typer.Option(..., "--out", help="Write the signed receipt (JSON) here; keep it off the device."),
+) -> None:
+    """Export a signed receipt of the ledger's current head, to detect a later rollback of the whole file."""
+    from privacy.ledger import Ledger
+
+    rec = Ledger(open_db(vault)).receipt()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=2) + "\n", encoding="utf-8")
+    console.print(f"receipt written to {out}: ledger head seq {rec['seq']} ({rec['sha256'][:16]}…), signed by the device "
+                  "key; check a later copy with `homebody audit verify --receipt`", highlight=False)
 
 
 @audit_app.command("report")
@@ -211,11 +305,17 @@ def report_cmd(
     html_path: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
     accountant: str = typer.Option("pld", "--accountant", "-a", help=ACCOUNTANT_HELP),
+    names: bool = typer.Option(False, "--names", help="Unlock the vault (passphrase) to show profile names, not ids."),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help=KEY_FILE_HELP),
 ) -> None:
     """Releases, spent and remaining budget per unit, and (HTML) a plot of epsilon over time."""
     from privacy.report import write_ledger_report
 
-    rep = write_ledger_report(open_db(vault), profile, html_path, json_path, accountant)
+    if names or _needs_unlock(profile):
+        with unlocked(vault, key_file) as (db, signer, owner_names):
+            rep = write_ledger_report(db, profile, html_path, json_path, accountant, signer=signer, names=owner_names)
+    else:
+        rep = write_ledger_report(open_db(vault), profile, html_path, json_path, accountant)
     table = Table("profile", "unit", "releases", "spent ε", "cap ε", "remaining ε", title="privacy budgets")
     for b in rep["budgets"]:
         spent = "∞" if b["spent"] == "inf" else f"{b['spent']:.4g}"

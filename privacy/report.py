@@ -85,13 +85,19 @@ def _write(path: str | Path | None, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- one device
-def ledger_report(db: sqlite_utils.Database, profile: str | None = None, accountant: str = "pld") -> dict:
-    """A JSON-able summary of the ledger: verification, per-profile per-unit budgets, every release."""
-    ledger = Ledger(db)
-    gate = ReleaseGate(db, accountant=accountant)
+def ledger_report(db: sqlite_utils.Database, profile: str | None = None, accountant: str = "pld",
+                  signer=None, names: list[str] | None = None) -> dict:
+    """A JSON-able summary of the ledger: verification, per-profile per-unit budgets, every release.
+
+    The ledger names profiles by id; with the device ``signer`` (unlocked vault) a ``profile`` may be
+    given by name, and the owner's ``names`` are shown instead of their ids.
+    """
+    ledger = Ledger(db, signer=signer)
+    gate = ReleaseGate(db, signer=signer, accountant=accountant)
     problems = ledger.verify()
+    shown = ledger.names(list(names or []) + ([profile] if profile is not None else []))
     records = ledger.records(profile=profile)
-    profiles = [profile] if profile is not None else ledger.profiles()
+    profiles = [ledger.profile_key(profile)] if profile is not None else ledger.profiles()
     budgets = []
     for p in profiles:
         for unit in UNITS:
@@ -100,7 +106,8 @@ def ledger_report(db: sqlite_utils.Database, profile: str | None = None, account
             spent = gate.spent(p, unit)
             budgets.append(
                 {
-                    "profile": p, "unit": unit, "releases": len(recs), "spent": _json_num(spent),
+                    "profile": shown.get(p, p), "profile_id": p, "unit": unit, "releases": len(recs),
+                    "spent": _json_num(spent),
                     "cap": pol.epsilon_cap, "delta": pol.delta, "remaining": max(0.0, pol.epsilon_cap - spent),
                     "window_days": pol.window_days, "window_cap": pol.window_cap,
                 }
@@ -113,7 +120,8 @@ def ledger_report(db: sqlite_utils.Database, profile: str | None = None, account
         "problems": problems,
         "budgets": budgets,
         "releases": [
-            {**{k: v for k, v in r.to_dict().items() if k not in ("v", "signature")}, "epsilon": _json_num(r.epsilon)}
+            {**{k: v for k, v in r.to_dict().items() if k not in ("v", "signature")}, "epsilon": _json_num(r.epsilon),
+             "profile": shown.get(r.profile, r.profile), "profile_id": r.profile}
             for r in records
         ],
     }
@@ -197,9 +205,10 @@ def _from_json(x: float | str | None) -> float | None:
 
 
 def write_ledger_report(db: sqlite_utils.Database, profile: str | None = None, html_path: str | Path | None = None,
-                        json_path: str | Path | None = None, accountant: str = "pld") -> dict:
+                        json_path: str | Path | None = None, accountant: str = "pld", signer=None,
+                        names: list[str] | None = None) -> dict:
     """Build the device report and write it as HTML and/or JSON; returns the report dict."""
-    report = ledger_report(db, profile, accountant)
+    report = ledger_report(db, profile, accountant, signer=signer, names=names)
     _write(json_path, json.dumps(report, indent=2))
     if html_path is not None:
         _write(html_path, render_ledger_html(report))
@@ -220,11 +229,14 @@ class DeviceSummary:
 
     @classmethod
     def from_ledger(cls, db: sqlite_utils.Database, device_id: str, profile: str, unit: str = "user",
-                    accountant: str = "pld") -> DeviceSummary:
-        """Summarise one profile+unit of a device's ledger (rounds = number of releases recorded)."""
-        gate = ReleaseGate(db, accountant=accountant)
+                    accountant: str = "pld", signer=None) -> DeviceSummary:
+        """Summarise one profile+unit of a device's ledger (rounds = number of releases recorded).
+
+        ``profile`` is a name (then ``signer``, the device key, maps it to its ledger id) or an id.
+        """
+        gate = ReleaseGate(db, signer=signer, accountant=accountant)
         pol = gate.policy(profile, unit)
-        return cls(device_id, gate.spent(profile, unit), pol.delta, len(Ledger(db).records(profile, unit)), unit,
+        return cls(device_id, gate.spent(profile, unit), pol.delta, len(gate.ledger.records(profile, unit)), unit,
                    pol.epsilon_cap)
 
 

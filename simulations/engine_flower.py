@@ -19,14 +19,19 @@ from simulations.runner import SimulationConfig, write_results
 def _prepare_ledgers(devices: Sequence[SimDevice], cfg: SimulationConfig, folder: Path) -> None:
     """Give each virtual device's ledger (federation's per-device SQLite file) the run's budget policy."""
     import sqlite_utils
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from privacy.budget import BudgetPolicy, ReleaseGate
 
     folder.mkdir(parents=True, exist_ok=True)
     for d in devices:
         db = sqlite_utils.Database(folder / f"{d.user}.db")
+        key_path = folder / f"{d.user}.key"  # the device key federation's _sim_gate signs with (policies are signed)
+        if not key_path.exists():
+            key_path.write_bytes(Ed25519PrivateKey.generate().private_bytes_raw())
+        signer = Ed25519PrivateKey.from_private_bytes(key_path.read_bytes())
         try:
-            ReleaseGate(db).set_policy(d.user, "user", BudgetPolicy(epsilon_cap=cfg.epsilon, delta=cfg.delta))
+            ReleaseGate(db, signer=signer).set_policy(d.user, "user", BudgetPolicy(epsilon_cap=cfg.epsilon, delta=cfg.delta))
         finally:
             db.close()
 

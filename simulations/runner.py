@@ -299,6 +299,7 @@ def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | Non
     federation's simulation keeps (none for a non-private run: every device is reported at inf).
     """
     import sqlite_utils
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from personal.vault import Vault
     from privacy.report import DeviceSummary, population_report
@@ -312,13 +313,15 @@ def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | Non
             summaries.append(DeviceSummary(d.user, math.inf, cfg.delta, cfg.rounds, unit))
         elif cfg.engine == "flower":
             db = sqlite_utils.Database(flower / f"{d.user}.db")
+            signer = Ed25519PrivateKey.from_private_bytes((flower / f"{d.user}.key").read_bytes())
             try:
-                summaries.append(DeviceSummary.from_ledger(db, d.user, d.user, unit, accountant))
+                summaries.append(DeviceSummary.from_ledger(db, d.user, d.user, unit, accountant, signer=signer))
             finally:
                 db.close()
         else:
             with Vault.open(d.vault_path, d.passphrase) as vault:
-                summaries.append(DeviceSummary.from_ledger(vault.db, d.user, d.user, unit, accountant))
+                summaries.append(DeviceSummary.from_ledger(vault.db, d.user, d.user, unit, accountant,
+                                                           signer=vault.signing_key()))
     population_report(summaries, out_dir / "privacy_report.html", out_dir / "privacy_report.json",
                       title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({unit}-level)")
     return {"html": "privacy_report.html", "json": "privacy_report.json", "accountant": accountant}

@@ -92,7 +92,7 @@ def test_personalize_beyond_the_budget_is_409_naming_what_remains(live_api):
 
     url, token, assistant = live_api
     with assistant._vault_lock:
-        ReleaseGate(assistant.vault.db).set_policy(PROFILE, "record", BudgetPolicy(epsilon_cap=0.25, delta=1e-5))
+        ReleaseGate(assistant.vault.db, signer=assistant.vault.signing_key()).set_policy(PROFILE, "record", BudgetPolicy(epsilon_cap=0.25, delta=1e-5))
     with _client(url, token) as c:
         r = c.post("/personalize", json={"noise_multiplier": 1.0, "epochs": 1, "batch_size": 8})
         assert r.status_code == 409, r.text

@@ -18,7 +18,7 @@ def test_no_server_error_on_generated_requests(live_api):
 
     url, token, assistant = live_api
     with assistant._vault_lock:  # generated personalize requests stay cheap: DP ones hit the cap at the gate
-        ReleaseGate(assistant.vault.db).set_policy(PROFILE, "record", BudgetPolicy(epsilon_cap=0.01, delta=1e-5))
+        ReleaseGate(assistant.vault.db, signer=assistant.vault.signing_key()).set_policy(PROFILE, "record", BudgetPolicy(epsilon_cap=0.01, delta=1e-5))
     root, auth = url[: -len("/v1")], {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_url(f"{root}/openapi.json", headers=auth)
     statuses: dict[str, set[int]] = {}

@@ -44,7 +44,7 @@ def test_sdk_round_trip(vault_path):
         record = next(b for b in a.budget() if b.unit == "record")
         assert record.releases == 1 and record.spent == pytest.approx(result["epsilon"]) and record.remaining < 8
 
-        ReleaseGate(a.vault.db).set_policy(PROFILE, "record", BudgetPolicy(epsilon_cap=0.5, delta=1e-5))
+        ReleaseGate(a.vault.db, signer=a.vault.signing_key()).set_policy(PROFILE, "record", BudgetPolicy(epsilon_cap=0.5, delta=1e-5))
         with pytest.raises(BudgetExhausted) as info:
             a.personalize(noise_multiplier=1.0, epochs=1, batch_size=8).wait(60)
         assert info.value.remaining == 0 and "0 remains" in str(info.value)

@@ -14,7 +14,7 @@ SETTINGS = {"noise_multiplier": 1.0, "epochs": 1, "batch_size": 8}
 
 def _records(assistant) -> list:
     with assistant._vault_lock:
-        return ReleaseGate(assistant.vault.db).ledger.records(PROFILE, "record")
+        return ReleaseGate(assistant.vault.db, signer=assistant.vault.signing_key()).ledger.records(PROFILE, "record")
 
 
 def test_sdk_personalize_uses_the_csprng(vault_path):

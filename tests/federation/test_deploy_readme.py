@@ -183,7 +183,7 @@ def test_readme_commands_as_written_count_two_devices_with_one_profile_name(tmp_
 
     for folder, passphrase, device_id in devices:
         with Vault.open(folder / option(device_cmd, "--vault"), passphrase) as vault:
-            ledger = Ledger(vault.db)
+            ledger = Ledger(vault.db, signer=vault.signing_key())
             released = len(ledger.records(PROFILE, "user"))
             assert released == summary["participations"][device_id] and ledger.verify(vault.public_key()) == []
 

@@ -47,7 +47,7 @@ def _ledger(path: Path):
     from privacy.ledger import Ledger
 
     with Vault.open(path, PASSPHRASE) as vault:
-        ledger = Ledger(vault.db)
+        ledger = Ledger(vault.db, signer=vault.signing_key())  # profiles are keyed hashes: names need the key
         return ledger.records("me", "user"), ledger.verify(vault.public_key())
 
 

@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.slow]
 
 def test_secagg_round_applies_only_the_checked_sum(flower_env):
     import sqlite_utils
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from federation.flower_app import SimDevice
     from federation.secagg import run_secagg_simulation
@@ -27,7 +28,9 @@ def test_secagg_round_applies_only_the_checked_sum(flower_env):
     moved = sum(float(np.abs(history.arrays[k] - history.initial_arrays[k]).sum()) for k in history.arrays)
     assert moved > 0 and all(np.isfinite(v).all() for v in history.arrays.values())
     for d in devices:  # each device recorded the round's release with the noise the SUM carries
-        records = Ledger(sqlite_utils.Database(flower_env / "ledgers" / f"{d.device_id}.db")).records(d.device_id, "user")
+        key = Ed25519PrivateKey.from_private_bytes((flower_env / "ledgers" / f"{d.device_id}.key").read_bytes())
+        records = Ledger(sqlite_utils.Database(flower_env / "ledgers" / f"{d.device_id}.db"), signer=key).records(
+            d.device_id, "user")
         assert [r.mechanism for r in records] == ["dp-fedavg-secagg-share"]
         assert records[0].params["noise_multiplier"] == pytest.approx(2.0)
 

@@ -69,7 +69,7 @@ def swapped(tmp_path, base) -> Path:
                      "meta = (select meta from b.artefacts where id = ?) where id = ?", (rid_b, rid_b, rid_a))
     with Vault.open(a, PASS) as v:
         data, _ = v.get_artefact(PROFILE, ADAPTER, "tiny-causal")  # it opens: the vault alone cannot tell
-        (record,) = Ledger(v.db).records(PROFILE, "record")
+        (record,) = Ledger(v.db, signer=v.signing_key()).records(PROFILE, "record")
         assert hashlib.sha256(data).hexdigest() != record.artefact_sha256
     return a
 

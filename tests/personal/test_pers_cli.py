@@ -28,7 +28,7 @@ def test_cli_refuses_on_spent_budget_and_without_adapter(tmp_path: Path, monkeyp
     path = tmp_path / "v.db"
     with Vault.create(path, "pw", VaultConfig(fast_kdf=True)) as v:
         v.add_events(routine_owner("ana", weeks=2))
-        ReleaseGate(v.db).set_policy("ana", "record", BudgetPolicy(epsilon_cap=0.2, delta=1e-5))
+        ReleaseGate(v.db, signer=v.signing_key()).set_policy("ana", "record", BudgetPolicy(epsilon_cap=0.2, delta=1e-5))
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     code, _, err = _homebody(monkeypatch, capsys, "personalize", "--profile", "ana", "--model", "tiny",
                              "--noise-multiplier", "0.7", "--vault", str(path))

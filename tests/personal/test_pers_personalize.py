@@ -39,7 +39,7 @@ def test_ledger_epsilon_matches_an_independent_accountant(tmp_path, tiny) -> Non
 
     with _vault(tmp_path) as v:
         out = personalize(v, "ana", tiny, TrainConfig(lora=LORA, epochs=1, batch_size=16), DPConfig(noise_multiplier=1.2))
-        gate = ReleaseGate(v.db)
+        gate = ReleaseGate(v.db, signer=v.signing_key())
         (rec,) = gate.ledger.records("ana", "record")
         stored, meta = v.get_artefact("ana", ADAPTER, tiny.name)
     p = rec.params
@@ -57,7 +57,7 @@ def test_ledger_epsilon_matches_an_independent_accountant(tmp_path, tiny) -> Non
 def test_budget_exhausted_refuses_and_changes_nothing(tmp_path, tiny) -> None:
     path = tmp_path / "v.db"
     with _vault(tmp_path) as v:
-        ReleaseGate(v.db).set_policy("ana", "record", BudgetPolicy(epsilon_cap=0.5, delta=1e-5))
+        ReleaseGate(v.db, signer=v.signing_key()).set_policy("ana", "record", BudgetPolicy(epsilon_cap=0.5, delta=1e-5))
     before = _file_sha(path)
     with Vault.open(path, "correct horse") as v:
         with pytest.raises(BudgetExhausted, match=r"0\.5 remains") as err:
@@ -77,7 +77,7 @@ def test_interrupt_then_resume_spends_the_budget_once(tmp_path, tiny) -> None:
 
         with pytest.raises(KeyboardInterrupt):
             personalize(v, "ana", tiny, cfg, dp, progress=interrupt_at_5, checkpoint_every=3)
-        gate = ReleaseGate(v.db)
+        gate = ReleaseGate(v.db, signer=v.signing_key())
         assert gate.ledger.records("ana", "record") == []  # nothing released, nothing spent
         assert (CHECKPOINT, tiny.name) in v.list_artefacts("ana")
         assert (ADAPTER, tiny.name) not in v.list_artefacts("ana")

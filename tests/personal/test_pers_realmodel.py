@@ -45,7 +45,7 @@ def test_minilm_learns_the_gym_routine_with_dp(tmp_path) -> None:
         assert after.line().startswith("Wed 06:55 — Gym ") and "DP adapter" in after.privacy
         saturday = suggest(v, "ana", base, START + timedelta(weeks=weeks - 1, days=5, hours=14, minutes=55), k=3)
         assert saturday.items[0][0] in ("Park", "Cinema"), saturday.line()  # a routine, not a constant
-        assert ReleaseGate(v.db).ledger.records("ana", "record")[0].artefact_sha256 == load_adapter(v, "ana", base).sha256()
+        assert ReleaseGate(v.db, signer=v.signing_key()).ledger.records("ana", "record")[0].artefact_sha256 == load_adapter(v, "ana", base).sha256()
 
 
 def test_smollm2_personalizes_a_few_steps_and_answers_labelled(tmp_path) -> None:

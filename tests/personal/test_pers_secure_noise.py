@@ -42,7 +42,7 @@ def _two_copies(tmp_path: Path) -> list[Path]:
 
 def _only_record(path: Path):
     with Vault.open(path, PASS) as v:
-        (rec,) = ReleaseGate(v.db).ledger.records("ana", "record")
+        (rec,) = ReleaseGate(v.db, signer=v.signing_key()).ledger.records("ana", "record")
     return rec
 
 

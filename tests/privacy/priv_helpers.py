@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from privacy.accountant import SubsampledGaussian
 from privacy.budget import ReleaseGate
-from privacy.ledger import META_TABLE, PUBLIC_KEY_META, public_key_hex
+from privacy.ledger import META_TABLE, PUBLIC_KEY_META, Ledger, public_key_hex
 
 REPO = Path(__file__).resolve().parents[2]
 # What a release from a real device's path records: noise from the OS CSPRNG (the gate requires the key).
@@ -26,10 +26,11 @@ def sha(data: bytes | str) -> str:
 
 
 def signed_db(path: Path) -> tuple[sqlite_utils.Database, Ed25519PrivateKey]:
-    """A plain SQLite file holding a fresh device public key in meta, as a vault does."""
+    """A plain SQLite file holding a fresh device public key in meta and a started chain, as a vault does."""
     key = Ed25519PrivateKey.generate()
     db = sqlite_utils.Database(path)
     db[META_TABLE].insert({"key": PUBLIC_KEY_META, "value": public_key_hex(key)}, pk="key")
+    Ledger(db, signer=key).initialise()
     return db, key
 
 

@@ -131,19 +131,19 @@ def test_acceptance3_cli_refuses_and_leaves_the_vault_unchanged(tmp_path: Path):
     with Vault.create(path, PASS, VaultConfig(fast_kdf=True)) as v:
         ReleaseGate(v.db, signer=v.signing_key()).commit("ann", "record", SMALL, sha("adapter"), details=CSPRNG)
     out = cli("privacy", "budget", "--vault", str(path), "--profile", "ann", "--unit", "record", "--set-cap", "2",
-              "--json")
+              "--json", env_pass=PASS)  # a policy change is a signed entry: it needs the passphrase
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout)["budgets"][0]
     assert row["cap"] == 2.0 and 0.3 < row["remaining"] < 0.4
     before = snapshot(path)
     out = cli("privacy", "check", "--vault", str(path), "--profile", "ann", "--noise-multiplier", "2",
-              "--sample-rate", "0.1", "--steps", "50")
+              "--sample-rate", "0.1", "--steps", "50", env_pass=PASS)  # a profile *name* needs the passphrase
     assert out.returncode == 1
     assert "privacy budget exhausted" in out.stderr and f"{row['remaining']:.4g} remains" in out.stderr
     assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") <= 1
     assert snapshot(path) == before
-    fits = cli("privacy", "check", "--vault", str(path), "--profile", "ann", "--noise-multiplier", "4",
-               "--sample-rate", "0.1", "--steps", "10")
+    fits = cli("privacy", "check", "--vault", str(path), "--profile", row["profile_id"], "--noise-multiplier", "4",
+               "--sample-rate", "0.1", "--steps", "10")  # by id: no passphrase
     assert fits.returncode == 0 and "fits" in fits.stdout
     assert snapshot(path) == before
 

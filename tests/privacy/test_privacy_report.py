@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlite_utils
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from privacy.budget import BudgetPolicy, ReleaseGate
-from privacy.report import DeviceSummary, population_report
+from privacy.report import DeviceSummary, ledger_report, population_report
 from simulations.cli import app
 
 from .priv_helpers import fill, sha, signed_db
@@ -41,10 +43,14 @@ def screenshot_is_rich(png: Path) -> None:
     assert colours > 50, colours
 
 
+KEYS: dict[Path, bytes] = {}
+
+
 @pytest.fixture(scope="module")
 def vault_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("rep") / "device.db"
     db, key = signed_db(path)
+    KEYS[path] = key.private_bytes_raw()
     gate = ReleaseGate(db, signer=key, accountant="rdp")
     gate.set_policy("alice", "record", BudgetPolicy(4.0, 1e-5))
     fill(gate, 5)
@@ -53,20 +59,27 @@ def vault_file(tmp_path_factory) -> Path:
 
 
 def test_json_report_has_budgets_per_unit_and_every_release(vault_file: Path, tmp_path: Path):
+    """Without the passphrase the report names profiles by id only; the owner (device key) sees names."""
     out = tmp_path / "r.json"
     res = runner.invoke(app, ["audit", "report", "--vault", str(vault_file), "--json", str(out), "--accountant", "rdp"])
     assert res.exit_code == 0, res.output
-    rep = json.loads(out.read_text())
+    anonymous = json.loads(out.read_text())
+    assert "alice" not in out.read_text() and "bob" not in out.read_text()
+    assert {b["profile"] for b in anonymous["budgets"]} == {b["profile_id"] for b in anonymous["budgets"]}
+    db = sqlite_utils.Database(vault_file)
+    key = Ed25519PrivateKey.from_private_bytes(KEYS[vault_file])
+    rep = ledger_report(db, accountant="rdp", signer=key, names=["alice", "bob"])
     assert rep["verified"] is True and rep["problems"] == []
-    assert len(rep["releases"]) == 5 and [r["seq"] for r in rep["releases"]] == [1, 2, 3, 4, 5]
+    assert len(rep["releases"]) == 5 and [r["seq"] for r in rep["releases"]] == [2, 3, 4, 5, 6]  # seq 1: the policy
     units = {(b["profile"], b["unit"]): b for b in rep["budgets"]}
     assert set(units) == {("alice", "record"), ("alice", "user"), ("bob", "record"), ("bob", "user")}
     a = units[("alice", "record")]
     assert a["cap"] == 4.0 and a["remaining"] == pytest.approx(4.0 - a["spent"])
     assert a["releases"] == sum(1 for r in rep["releases"] if r["profile"] == "alice" and r["unit"] == "record")
-    one = runner.invoke(app, ["audit", "report", "--vault", str(vault_file), "--profile", "bob", "--json", str(out),
+    bob = units[("bob", "user")]["profile_id"]
+    one = runner.invoke(app, ["audit", "report", "--vault", str(vault_file), "--profile", bob, "--json", str(out),
                               "--accountant", "rdp"])
-    assert one.exit_code == 0 and {r["profile"] for r in json.loads(out.read_text())["releases"]} == {"bob"}
+    assert one.exit_code == 0 and {r["profile"] for r in json.loads(out.read_text())["releases"]} == {bob}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not found (/usr/bin/chromium): cannot render the HTML report")
@@ -115,5 +128,5 @@ def test_device_summary_from_a_ledger(tmp_path: Path):
     for r in range(3):
         gate.commit("dev7", "user", SubsampledGaussian(1.0, 0.1, 1), sha(f"round {r}"), mechanism="fed-round",
                     details={"rng": "os-csprng"})
-    s = DeviceSummary.from_ledger(db, "dev7", "dev7", accountant="rdp")
+    s = DeviceSummary.from_ledger(db, "dev7", "dev7", accountant="rdp", signer=key)
     assert s.rounds == 3 and s.unit == "user" and s.epsilon == pytest.approx(gate.spent("dev7", "user"))

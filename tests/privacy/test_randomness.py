@@ -86,5 +86,5 @@ def test_simulation_gate_opts_in_and_records_seeded(tmp_path: Path):
     db, key = signed_db(tmp_path / "d.db")
     gate = ReleaseGate(db, signer=key, allow_seeded_noise=True)
     rec = gate.commit("sim-device", "user", MECH, sha("update"), details={"rng": SEEDED, "round": 1})
-    (stored,) = ReleaseGate(db).ledger.records("sim-device", "user")
+    (stored,) = ReleaseGate(db, signer=key).ledger.records("sim-device", "user")
     assert rec.details["rng"] == stored.details["rng"] == SEEDED
