@@ -16,8 +16,8 @@ What leaves the device: the clipped, noised change of the shared weights and the
 nothing else; the habit statistics and features (`QueryBatch`) stay on it.
 
 `ScorerServer` averages a cohort's updates (the sum carries sigma*C in "secagg" mode, as in the
-fast engine) and takes an Adam step with the mean as pseudo-gradient: post-processing of the
-noised sum, so it costs no privacy. `run_scorer_federation` is the simulation loop: fixed-size
+fast engine) and takes a server step (momentum SGD by default, or Adam) with the mean as
+pseudo-gradient: post-processing of the noised sum, so it costs no privacy. `run_scorer_federation` is the simulation loop: fixed-size
 cohorts drawn uniformly (accounted at q = cohort / devices, as the fast engine does).
 
 Randomness: every draw comes from an explicit np.random.Generator handed in (DeviceRound.rng for
@@ -79,19 +79,21 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
 
 @dataclass
 class ScorerServer:
-    """Global scorer weights and the server's Adam state (all public: functions of noised sums)."""
+    """Global scorer weights and the server optimizer's state (all public: functions of noised sums)."""
 
     weights: dict[str, np.ndarray]
     config: FederationConfig
-    lr: float = 0.05
+    lr: float = 1.0
     beta1: float = 0.9
     beta2: float = 0.999
+    eps: float = 1e-8  # Adam's adaptivity floor; near the noise level it keeps noise-only coordinates still
+    optimizer: str = "sgdm"  # "sgdm" or "adam" (server momentum beta1, no per-coordinate scaling)
     step: int = 0
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
 
     def aggregate(self, updates: list[Arrays], cohort_size: int, rng: np.random.Generator) -> None:
-        """Check every update, average over the cohort size, Adam step with minus the mean as gradient.
+        """Sum the (checked) updates, average over the cohort size, one server step with minus the mean as gradient.
 
         `cohort_size` is the number sampled (public), not the number that answered, so a device
         that declined does not change the scale. "central" mode: the server adds sigma*C to the sum.
@@ -107,10 +109,13 @@ class ScorerServer:
         for k, t in total.items():
             g = -t / max(1, cohort_size)
             self.m[k] = self.beta1 * self.m.get(k, 0.0) + (1 - self.beta1) * g
+            if self.optimizer == "sgdm":
+                self.weights[k] = (self.weights[k] - self.lr * self.m[k] / (1 - self.beta1**self.step)).astype(np.float32)
+                continue
             self.v[k] = self.beta2 * self.v.get(k, 0.0) + (1 - self.beta2) * g * g
             m_hat = self.m[k] / (1 - self.beta1**self.step)
             v_hat = self.v[k] / (1 - self.beta2**self.step)
-            self.weights[k] = (self.weights[k] - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)).astype(np.float32)
+            self.weights[k] = (self.weights[k] - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,9 @@ class ScorerRun:
     rounds: int
     cohort: int
     run: str = "habit-scorer"
-    server_lr: float = 0.05
+    server_lr: float = 1.0
+    server_optimizer: str = "sgdm"  # chosen on training-event validation splits (Adam let noise-only coordinates wander)
+    server_eps: float = 1e-8
     noise_seed: int | None = None  # seeded device noise (simulations only); None draws OS entropy
 
 
@@ -153,7 +160,8 @@ def run_scorer_federation(
     from federation.device import DeviceDeclined
 
     users = sorted(batches)
-    server = ScorerServer({k: np.asarray(v, np.float32).copy() for k, v in weights.items()}, config, lr=run.server_lr)
+    server = ScorerServer({k: np.asarray(v, np.float32).copy() for k, v in weights.items()}, config, lr=run.server_lr,
+                          optimizer=run.server_optimizer, eps=run.server_eps)
     k = min(run.cohort, len(users))
     q = k / len(users)
     spec = spec_of(server.weights)
