@@ -128,3 +128,16 @@ def test_simulations_report_every_baseline_overall_and_per_group():
     group = _groups(rows, per_user)["rest"]
     assert group["best_counting_top1"] == means["best_counting_top1"]
     assert {"markov_top1", "most_frequent_top1", "hour_top1", "slot_top1", "mix_top1"} <= set(group)
+
+
+def test_summary_table_shows_best_counting(capsys, tmp_path):
+    """`homebody simulate` / `make demo` print every counting baseline, best counting included."""
+    from simulations.cli_simulate import print_summary
+
+    base = {f"{name}_{k}": 0.1 * (i + 1) for i, name in enumerate(BASELINES) for k in ("top1", "top5")}
+    results = {"config": {"dataset": "synthetic", "mode": "federated", "engine": "fast"}, "population": {"devices": 2},
+               "privacy": {"private": False}, "baselines": base, "final": None, "status": "complete"}
+    print_summary(results, tmp_path)
+    out = capsys.readouterr().out
+    assert "best counting (baseline)" in out and "0.600" in out
+    assert "most frequent (baseline)" in out and "smoothed mix (baseline)" in out
