@@ -37,8 +37,8 @@ FEATURES = ("log_share", "log_share_hour", "log_share_hour3", "log_share_weekday
             "log_share_after", "recency", "is_previous", "seen")
 ALPHA = 1.0  # overall share: add-one over the candidates (chosen a priori, never tuned on held-out events)
 BETA = 2.0  # conditional shares: pseudo-counts of the overall share they back off to
-RECENCY_CAP_H = 24.0 * 365
-WARMUP = 0.5  # training examples start after this share of the training events (see training_batch)  # an event never seen counts as last seen a year ago
+RECENCY_CAP_H = 24.0 * 365  # an event never seen counts as last seen a year ago
+WARMUP = 0.5  # training examples start after this share of the training events (see training_batch)
 
 
 class HabitError(HomebodyError):
@@ -88,6 +88,11 @@ class HabitStats:
     @classmethod
     def from_events(cls, events: Sequence["Event"], vocab: Sequence[str] | None = None) -> "HabitStats":
         """THE habit-statistics function: count chronological `events` (over `vocab`, default their names)."""
+        events = list(events)
+        bad = next((e for e in events if not (isinstance(getattr(e, "event", None), str)
+                                              and isinstance(getattr(e, "timestamp", None), datetime))), None)
+        if bad is not None:
+            raise HabitError(f"habit statistics need events with a name and a datetime, got {bad!r}")
         stats = cls.empty(vocab if vocab is not None else [e.event for e in events])
         for ev in events:
             stats.add(ev)
@@ -165,6 +170,12 @@ class ScorerShape:
     """What the shared weights look like: the feature weights and the population vocabulary."""
 
     vocabulary: tuple[str, ...]  # the shared event vocabulary (public label space), sorted
+
+    def __post_init__(self) -> None:
+        vocab = tuple(self.vocabulary)
+        if not all(isinstance(v, str) and v for v in vocab) or len(set(vocab)) != len(vocab):
+            raise HabitError("the shared vocabulary must be distinct, non-empty event names")
+        object.__setattr__(self, "vocabulary", vocab)
 
     @property
     def n_features(self) -> int:
@@ -303,6 +314,7 @@ def topk_hits(weights: dict[str, np.ndarray], batch: QueryBatch, ks: Sequence[in
     safe = np.maximum(batch.target, 0)
     truth = z[np.arange(n), safe]
     # rank = candidates scoring strictly higher, plus ties placed before the truth (stable order)
-    higher = (z > truth[:, None]).sum(axis=1) + ((z == truth[:, None]) & (np.arange(z.shape[1])[None, :] < safe[:, None])).sum(axis=1)
+    before = np.arange(z.shape[1])[None, :] < safe[:, None]
+    higher = (z > truth[:, None]).sum(axis=1) + ((z == truth[:, None]) & before).sum(axis=1)
     ok = batch.target >= 0
     return {f"top{k}": float(np.mean(ok & (higher < k))) for k in ks}

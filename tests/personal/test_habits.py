@@ -125,3 +125,15 @@ def test_cold_start_owner_gets_population_vocabulary_and_bias_ranks_it():
     top = rankings(w, query_batch(train, queries, shape))[0]
     assert set(top) == {"Bar", "Coffee", "Gym", "Museum"}
     assert top[0] == "Museum"
+
+
+def test_bad_input_is_one_typed_error():
+    from personal.habits import HabitError
+    from privacy.errors import HomebodyError
+
+    with pytest.raises(HabitError) as info:
+        HabitStats.from_events([ev("A", MON), ("B", MON)])  # a tuple is not an event
+    assert isinstance(info.value, HomebodyError)
+    for bad in (("A", "A"), ("A", ""), ("A", 3)):
+        with pytest.raises(HabitError):
+            ScorerShape(bad)
