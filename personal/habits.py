@@ -318,3 +318,35 @@ def topk_hits(weights: dict[str, np.ndarray], batch: QueryBatch, ks: Sequence[in
     higher = (z > truth[:, None]).sum(axis=1) + ((z == truth[:, None]) & before).sum(axis=1)
     ok = batch.target >= 0
     return {f"top{k}": float(np.mean(ok & (higher < k))) for k in ks}
+
+
+def suggest_from_habits(history: Sequence["Event"], at: datetime, weights: dict[str, np.ndarray] | None = None,
+                        vocabulary: Sequence[str] = (), k: int = 5) -> list[tuple[str, float]]:
+    """Top-`k` next events at `at` with probabilities, from the owner's own counts only (on the device).
+
+    `history` is every event before `at`. With the federation's shared `weights` (over the shared
+    `vocabulary`): the habit scorer's softmax over the shared vocabulary and the owner's events.
+    Without: the smoothed mix of the owner's own shares (overall, hour, slot, after the previous
+    event), what a device that never federated has. The building block `suggest` is meant to use.
+    """
+    if k < 1:
+        raise HabitError(f"k must be at least 1, got {k}")
+    stats = HabitStats.from_events(history)
+    if weights is None:
+        if not stats.vocab:
+            return []
+        x, _ = habit_features(stats, history, at)
+        p = np.exp(x[:, [0, 1, 4, 5]]).mean(axis=1)
+        names = list(stats.vocab)
+    else:
+        shape = ScorerShape(tuple(vocabulary))
+        if weights["b"].shape != (len(shape.vocabulary),):
+            raise HabitError(f"shared weights cover {weights['b'].shape[0]} events, the vocabulary {len(shape.vocabulary)}")
+        x, u = habit_features(stats, history, at)
+        batch = _batch([(x, u, "")], stats.vocab, shape)
+        z = logits(weights, batch)[0]
+        p = np.exp(z - z.max())
+        names = batch.candidates
+    p = p / p.sum()
+    order = np.argsort(-p, kind="stable")[:k]
+    return [(names[i], float(p[i])) for i in order]

@@ -137,3 +137,25 @@ def test_bad_input_is_one_typed_error():
     for bad in (("A", "A"), ("A", ""), ("A", 3)):
         with pytest.raises(HabitError):
             ScorerShape(bad)
+
+
+def test_suggest_from_habits_with_and_without_shared_weights():
+    from personal.habits import HabitError, suggest_from_habits
+
+    history = _owner(2)
+    at = MON + timedelta(days=14, hours=7)  # a Monday 07:00
+    own = suggest_from_habits(history, at, k=3)
+    assert own[0][0] == "Gym" and len(own) == 3
+    assert sum(p for _, p in suggest_from_habits(history, at, k=10)) == pytest.approx(1.0)
+    shape = ScorerShape(("Bar", "Coffee", "Gym", "Museum"))
+    w = initial_weights(shape)
+    assert suggest_from_habits(history, at, w, shape.vocabulary, k=1)[0][0] == "Coffee"  # most frequent
+    w["w"][:] = 0.0
+    w["w"][1] = 1.0  # trust the hour
+    shared = suggest_from_habits(history, at, w, shape.vocabulary, k=4)
+    assert shared[0][0] == "Gym" and {n for n, _ in shared} == {"Bar", "Coffee", "Gym", "Museum"}
+    assert suggest_from_habits([], at) == []
+    with pytest.raises(HabitError):
+        suggest_from_habits(history, at, w, ("Bar", "Coffee"))
+    with pytest.raises(HabitError):
+        suggest_from_habits(history, at, k=0)
