@@ -20,9 +20,10 @@ fast engine) and takes a server step (momentum SGD by default, or Adam) with the
 pseudo-gradient: post-processing of the noised sum, so it costs no privacy. `run_scorer_federation` is the simulation loop: fixed-size
 cohorts drawn uniformly (accounted at q = cohort / devices, as the fast engine does).
 
-Randomness: every draw comes from an explicit np.random.Generator handed in (DeviceRound.rng for
-a device's noise, `rng` for cohorts). Simulations pass seeded ones; a real device must pass a
-generator seeded from the OS CSPRNG (np.random.default_rng() without a seed draws OS entropy).
+Randomness: every draw comes from an explicit generator handed in (DeviceRound.rng for a device's
+noise, made by `federation.device.noise_rng`; `rng` for cohorts and central noise). Simulations
+pass seeded ones; a real device must use the OS CSPRNG (`noise_rng(None, ...)`, a SecureGenerator
+once privacy.randomness is merged), and the ledger record names which (`details["rng"]`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
                                     sigma=config.device_sigma, rng=device.rng, encoding=config.encoding, observe=device.observe)
     wire = encode(noised, device.rng)
     epsilon = None
-    details = {"round": device.round, "run": device.run, "mode": config.mode, "model": MODEL}
+    details = {"round": device.round, "run": device.run, "mode": config.mode, "model": MODEL, "rng": rng_kind_of(device.rng)}
     if device.gate is not None and not private:
         device.gate.commit_non_private(device.profile, USER, wire.sha256(), details=details | {"federated": True})
         epsilon = float("inf")
@@ -131,9 +132,13 @@ class ScorerRun:
     noise_seed: int | None = None  # seeded device noise (simulations only); None draws OS entropy
 
 
-def _device_rng(seed: int | None, server_round: int, stream: int) -> np.random.Generator:
-    """Seeded (seed, round, device) stream in simulations; OS entropy (np.random.default_rng()) otherwise."""
-    return np.random.default_rng() if seed is None else np.random.default_rng([seed, server_round, stream])
+def rng_kind_of(rng: object) -> str:
+    """What the ledger records as the noise's randomness: "os-csprng" only for a secure generator.
+
+    Duck-typed on the class name so that this module works before and after the randomness
+    plumbing (privacy.randomness.SecureGenerator); once that is on this branch, use its `rng_kind`.
+    """
+    return "os-csprng" if type(rng).__name__ == "SecureGenerator" else "seeded"
 
 
 def scorer_noise(epsilon: float, cohort: int, devices: int, rounds: int, delta: float, accountant: str = "rdp") -> float:
@@ -157,7 +162,7 @@ def run_scorer_federation(
     Every device is charged every round (settled at the end) when `gates` are given; a device
     whose budget is spent declines and sends nothing.
     """
-    from federation.device import DeviceDeclined
+    from federation.device import DeviceDeclined, noise_rng
 
     users = sorted(batches)
     server = ScorerServer({k: np.asarray(v, np.float32).copy() for k, v in weights.items()}, config, lr=run.server_lr,
@@ -173,7 +178,7 @@ def run_scorer_federation(
         for i in cohort:
             u = users[i]
             dev = DeviceRound(u, r, sample_rate=q, gate=gates.get(u) if gates else None, profile=u,
-                              rng=_device_rng(run.noise_seed, r, i),
+                              rng=noise_rng(run.noise_seed, r, i),
                               run=run.run)
             try:
                 res = train_scorer_round(server.weights, batches[u], config, dev)

@@ -98,6 +98,7 @@ def test_a_device_sends_only_the_clipped_noised_change_of_the_shared_weights(tmp
     # the ledger names exactly what was sent
     (record,) = gate.ledger.records("d0", "user")
     assert record.artefact_sha256 == res.wire.sha256()
+    assert record.details["rng"] == "seeded" and record.details["model"] == "habit-scorer"  # says what noise it used
     assert record.epsilon == pytest.approx(compute_epsilon([SubsampledGaussian(1.2, 0.5, 1)], 1e-5, "rdp"))
 
 
