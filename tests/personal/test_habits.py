@@ -159,3 +159,35 @@ def test_suggest_from_habits_with_and_without_shared_weights():
         suggest_from_habits(history, at, w, ("Bar", "Coffee"))
     with pytest.raises(HabitError):
         suggest_from_habits(history, at, k=0)
+
+
+def test_cli_suggest_from_own_habit_counts(tmp_path, monkeypatch, capsys):
+    """`homebody suggest --habits`: the owner's own counts, no model; one-line error for an unknown profile."""
+    import hashlib
+    import sys
+
+    from personal.vault import Vault, VaultConfig
+    from simulations import cli
+    from tests.personal.pers_helpers import routine_owner
+
+    def homebody(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["homebody", *args])
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        out = capsys.readouterr()
+        return exit_.value.code, out.out, out.err
+
+    monkeypatch.setenv("HOMEBODY_PASSPHRASE", "pw")
+    path = tmp_path / "v.db"
+    with Vault.create(path, "pw", VaultConfig(fast_kdf=True)) as v:
+        v.add_events(routine_owner("ana", weeks=4))  # Gym Mon/Wed/Fri 07:00, Coffee Shop ~08:15 most days
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    code, out, err = homebody("suggest", "--profile", "ana", "--habits", "--at", "2026-02-02T07:00", "-k", "2",
+                              "--vault", str(path))
+    assert code in (0, None), err
+    line = out.splitlines()[0]
+    assert line.startswith("Mon 07:00 — Gym ") and line.count(",") == 1
+    assert "nothing released" in out
+    code, out, err = homebody("suggest", "--profile", "bob", "--habits", "--vault", str(path))
+    assert code == 1 and len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
