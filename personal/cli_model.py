@@ -104,14 +104,23 @@ def suggest(
     at: Optional[str] = typer.Option(None, "--at", help="When (ISO, local time), default now."),
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many suggestions."),
     model: str = typer.Option("minilm-l6", "--model", help=MODEL_HELP),
+    habits: bool = typer.Option(False, "--habits", help="Rank by your own habit counts only (no model, no adapter needed)."),
     vault: VaultPath = None,
     key_file: KeyFile = None,
 ) -> None:
     """The top-k next events with probabilities, e.g. `Tue 08:10 — Coffee Shop 0.62, Subway 0.21`."""
+    when = _parse_at(at)
+    if habits:
+        from personal.predict import suggest_from_counts
+
+        with open_vault(vault, key_file) as v:
+            out = suggest_from_counts(v, profile, when, k=top)
+        console.print(out.line(), highlight=False)
+        console.print(f"[dim]{out.privacy}[/]")
+        return
     from personal.models import load_base
     from personal.predict import suggest as run
 
-    when = _parse_at(at)
     with open_vault(vault, key_file) as v:
         out = run(v, profile, load_base(model), when, k=top)
     console.print(out.line(), highlight=False)

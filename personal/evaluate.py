@@ -7,6 +7,14 @@ Baselines (reused by the simulations):
 - ``MostFrequent``: the owner's most frequent training events, in order.
 - ``Markov``: per-user first-order Markov chain over training transitions; the ranking after
   event ``a`` is ``a``'s successors by count, then the remaining events by overall frequency.
+- ``HourFrequency``: the owner's training events by count at the query's hour of day, then by
+  overall count (personal.habits statistics, like every counting baseline below).
+- ``SlotFrequency``: the same in the query's weekday x part-of-day slot (7 x 6 slots).
+- ``SmoothedMix``: the mean of four shares, each smoothed towards the overall share: overall,
+  at this hour, in this slot, after the previous event.
+- ``BestCounting``: per owner, whichever of most-frequent, Markov, hour, slot and the mix wins
+  (top-1, then top-5, then that order) on the last 20% of the owner's TRAINING events when fit on
+  the first 80%; then refit on all training events. Held-out events are never looked at.
 - ``zero_shot_rankings``: the base model WITHOUT an adapter: labels ranked by cosine similarity
   between the pooled embedding of the query context and that of each label name.
 - ``model_rankings``: a personalised model (adapter loaded) ranks labels by probability.
@@ -86,17 +94,96 @@ class Markov(MostFrequent):
         return head + [e for e in self.order if e not in seen]
 
 
+class _HabitCounting:
+    """A counting predictor over the owner's habit statistics: rank by `_scores`, ties by name."""
+
+    def __init__(self, train: Sequence["Event"]) -> None:
+        from personal.habits import HabitStats
+
+        self.stats = HabitStats.from_events(train)
+
+    def _scores(self, q: Query) -> np.ndarray:
+        raise NotImplementedError
+
+    def rank(self, q: Query) -> list[str]:
+        """The owner's vocabulary by score (the vocabulary is sorted, so a stable sort breaks ties by name)."""
+        order = np.argsort(-self._scores(q), kind="stable")
+        return [self.stats.vocab[i] for i in order]
+
+
+class HourFrequency(_HabitCounting):
+    """Count at the query's hour of day, then overall count."""
+
+    def _scores(self, q: Query) -> np.ndarray:
+        s = self.stats
+        return s.hour[q.target.timestamp.hour] + s.overall / (s.n + 1.0)
+
+
+class SlotFrequency(_HabitCounting):
+    """Count in the query's weekday x part-of-day slot, then overall count."""
+
+    def _scores(self, q: Query) -> np.ndarray:
+        from personal.habits import slot_of
+
+        s = self.stats
+        return s.slot[slot_of(q.target.timestamp)] + s.overall / (s.n + 1.0)
+
+
+class SmoothedMix(_HabitCounting):
+    """Mean of the overall, hour, slot and after-previous shares, each smoothed towards the overall one."""
+
+    def _scores(self, q: Query) -> np.ndarray:
+        from personal.habits import habit_features
+
+        x, _ = habit_features(self.stats, q.history, q.target.timestamp)
+        return np.exp(x[:, [0, 1, 4, 5]]).mean(axis=1)
+
+
+COUNTING = {"most_frequent": MostFrequent, "markov": Markov, "hour": HourFrequency, "slot": SlotFrequency,
+            "mix": SmoothedMix}
+TIE_ORDER = ("mix", "most_frequent", "markov", "slot", "hour")  # fixed a priori: the smoothest first
+
+
+def choose_counting(train: Sequence["Event"], val_frac: float = 0.2) -> str:
+    """The counting predictor that wins on the last `val_frac` of the TRAINING events (fit on the rest)."""
+    fit, val = chronological_split(train, val_frac)
+    if not fit or not val:
+        return TIE_ORDER[0]
+    truths = [q.target.event for q in val]
+    score = {}
+    for name in TIE_ORDER:
+        s = topk([COUNTING[name](fit).rank(q) for q in val], truths)
+        score[name] = (s["top1"], s["top5"], -TIE_ORDER.index(name))
+    return max(score, key=score.get)
+
+
+class BestCounting:
+    """Per owner: the counting predictor chosen on training events only (`choose_counting`), refit on all."""
+
+    def __init__(self, train: Sequence["Event"]) -> None:
+        self.choice = choose_counting(train)
+        self.model = COUNTING[self.choice](train)
+
+    def rank(self, q: Query) -> list[str]:
+        """The chosen predictor's ranking."""
+        return self.model.rank(q)
+
+
 def topk(rankings: Sequence[Sequence[str]], truths: Sequence[str], ks: Sequence[int] = KS) -> dict[str, float]:
     """Top-k accuracy for each k, as ``{"top1": .., "top5": ..}``."""
     n = max(1, len(truths))
     return {f"top{k}": sum(t in list(r[:k]) for r, t in zip(rankings, truths)) / n for k in ks}
 
 
+BASELINES = ("most_frequent", "markov", "hour", "slot", "mix", "best_counting")
+
+
 def baseline_scores(train: Sequence["Event"], queries: Sequence[Query]) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 of the most-frequent and Markov baselines."""
+    """Top-1/top-5 of every counting baseline (BASELINES), fit on `train` only."""
     truths = [q.target.event for q in queries]
-    return {name: topk([model.rank(q) for q in queries], truths)
-            for name, model in (("most_frequent", MostFrequent(train)), ("markov", Markov(train)))}
+    models = {name: COUNTING[name](train) for name in BASELINES[:-1]}
+    models["best_counting"] = BestCounting(train)
+    return {name: topk([model.rank(q) for q in queries], truths) for name, model in models.items()}
 
 
 def _ranked(scores: np.ndarray, labels: Sequence[str]) -> list[list[str]]:

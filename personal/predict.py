@@ -67,6 +67,20 @@ def suggest(vault: "Vault", profile: str, base: BaseModel, at: datetime | None =
     return Suggestions(at, [(pm.labels[i], float(probs[i])) for i in order], label)
 
 
+def suggest_from_counts(vault: "Vault", profile: str, at: datetime | None = None, k: int = 5) -> Suggestions:
+    """Top-``k`` next events from the owner's own habit counts only (``personal.habits``), no model.
+
+    What a device that never federated and never trained has: nothing is released, so there is no
+    privacy cost and no ledger record. (The federated habit scorer's shared weights are not stored
+    on devices yet; when they are, ``suggest_from_habits`` takes them.)
+    """
+    from personal.habits import suggest_from_habits
+
+    at = at or datetime.now().astimezone()
+    events = history_before(vault.events(profile), at)
+    return Suggestions(at, suggest_from_habits(events, at, k=k), "own habit counts on this device (nothing released)")
+
+
 def habit_summary(events: Sequence["Event"], top: int = 3, recent: int = 5) -> str:
     """A compact, deterministic summary of habits: most frequent events per weekday and part of day."""
     if not events:

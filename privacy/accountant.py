@@ -10,6 +10,7 @@ All three accountants use the add-or-remove-one neighbouring relation, like opac
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -184,10 +185,17 @@ def compute_epsilon(releases: Sequence[SubsampledGaussian], delta: float, accoun
     if any(z == 0 for z, _, _ in merged):
         return math.inf
     try:
-        eps = _BACKENDS[name](merged, delta)
+        eps = _cached_epsilon(name, tuple(sorted(merged)), float(delta))
     except (ValueError, ArithmeticError, RuntimeError) as exc:
         raise AccountingError(f"the {name} accountant failed on {merged} at delta={delta}: {exc}") from exc
     return max(0.0, eps)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_epsilon(name: str, merged: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    # A pure function of the merged releases: the devices of one federated run share the same few
+    # histories, and an RDP evaluation costs up to ~1 s on 2 cores, so each is computed once.
+    return _BACKENDS[name](list(merged), delta)
 
 
 def _check_epsilon(epsilon: float) -> None:

@@ -47,6 +47,10 @@ def simulate(
     print_summary(results, out)
 
 
+BASELINE_ROWS = (("most_frequent", "most frequent"), ("markov", "Markov"), ("hour", "hour of day"),
+                 ("slot", "weekday x part of day"), ("mix", "smoothed mix"), ("best_counting", "best counting"))
+
+
 def print_summary(results: dict, out: Path) -> None:
     """A short Rich table of the run and where its files are."""
     from rich.console import Console
@@ -58,8 +62,9 @@ def print_summary(results: dict, out: Path) -> None:
                         f"{cfg['mode']} · {cfg['engine']} engine")
     for col in ("", "top-1", "top-5"):
         table.add_column(col)
-    table.add_row("most frequent (baseline)", f"{base['most_frequent_top1']:.3f}", f"{base.get('most_frequent_top5', float('nan')):.3f}")
-    table.add_row("Markov (baseline)", f"{base['markov_top1']:.3f}", f"{base.get('markov_top5', float('nan')):.3f}")
+    for key, name in BASELINE_ROWS:
+        if base.get(f"{key}_top1") is not None:
+            table.add_row(f"{name} (baseline)", f"{base[f'{key}_top1']:.3f}", f"{base.get(f'{key}_top5', float('nan')):.3f}")
     final = results.get("final")
     if final:
         if final.get("global_top1") is not None:

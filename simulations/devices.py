@@ -99,11 +99,12 @@ def prepare_devices(pop: Population, folder: Path, history: int = 3, max_events:
 
 
 def baselines(pop: Population, max_events: int | None = None) -> tuple[dict, dict[str, dict]]:
-    """Most-frequent and Markov top-1/top-5 (personal.evaluate), macro-averaged over devices.
+    """Every counting baseline's top-1/top-5 (personal.evaluate.BASELINES: most frequent, Markov,
+    hour, slot, smoothed mix, best counting), macro-averaged over devices.
 
     Returns (population means, per-user scores).
     """
-    from personal.evaluate import baseline_scores, chronological_split
+    from personal.evaluate import BASELINES, baseline_scores, chronological_split
 
     per_user = {}
     for dev in pop.devices:
@@ -111,7 +112,7 @@ def baselines(pop: Population, max_events: int | None = None) -> tuple[dict, dic
         train, queries = chronological_split(events, HOLDOUT)
         per_user[dev.user] = baseline_scores(train, queries)
     means = {}
-    for name in ("most_frequent", "markov"):
+    for name in BASELINES:
         for k in ("top1", "top5"):
             vals = [s[name][k] for s in per_user.values()]
             means[f"{name}_{k}"] = sum(vals) / len(vals) if vals else 0.0

@@ -40,9 +40,10 @@ def plot_accuracy_per_round(results: dict, path: Path) -> Path:
     if any(r.get("global_top1") is not None for r in rounds):
         ax.plot(xs, [r.get("global_top1") for r in rounds], "s--", label="global adapter top-1")
     base = results.get("baselines", {})
-    for key, style, name in (("most_frequent_top1", ":", "most frequent"), ("markov_top1", "-.", "Markov")):
+    for key, style, color, name in (("most_frequent_top1", ":", "grey", "most frequent"), ("markov_top1", "-.", "black", "Markov"),
+                                    ("best_counting_top1", "--", "tab:red", "best counting")):
         if base.get(key) is not None:
-            ax.axhline(base[key], linestyle=style, color="grey" if key.startswith("most") else "black", label=name)
+            ax.axhline(base[key], linestyle=style, color=color, label=name)
     ax.set_xlabel("round")
     from matplotlib.ticker import MaxNLocator
 
@@ -72,6 +73,8 @@ def plot_accuracy_vs_epsilon(results: dict, path: Path) -> Path:
     base = results.get("baselines", {})
     if base.get("markov_top1") is not None:
         ax.axhline(base["markov_top1"], linestyle="-.", color="black", label="Markov")
+    if base.get("best_counting_top1") is not None:
+        ax.axhline(base["best_counting_top1"], linestyle="--", color="tab:red", label="best counting")
     if not finite and not results.get("sweep"):
         ax.text(0.5, 0.5, "non-private run: no finite ε", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("ε spent per device (median)")

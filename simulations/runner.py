@@ -286,8 +286,8 @@ def _groups(rows: list[dict], per_user_base: dict) -> dict:
             "top1": statistics.fmean(r["top1"] for r in sel),
             "top5": statistics.fmean(r["top5"] for r in sel),
             "global_top1": statistics.fmean(r["global_top1"] for r in sel) if all(r.get("global_top1") is not None for r in sel) else None,
-            "markov_top1": statistics.fmean(per_user_base[u]["markov"]["top1"] for u in users),
-            "most_frequent_top1": statistics.fmean(per_user_base[u]["most_frequent"]["top1"] for u in users),
+            **{f"{name}_top1": statistics.fmean(per_user_base[u][name]["top1"] for u in users)
+               for name in per_user_base[users[0]]},  # every counting baseline (personal.evaluate.BASELINES)
         }
     return out
 
