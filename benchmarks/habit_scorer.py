@@ -126,7 +126,8 @@ def make_gates(owners: list[Owner], folder: Path, epsilon: float | None, delta: 
     for o in owners:
         db = sqlite_utils.Database(folder / f"{o.user}.db")
         db.execute("PRAGMA synchronous=OFF")  # a throw-away simulated ledger: no fsync per record
-        gate = ReleaseGate(db, signer=Ed25519PrivateKey.generate(), accountant="rdp")
+        gate = ReleaseGate(db, signer=Ed25519PrivateKey.generate(), accountant="rdp",
+                      allow_seeded_noise=True)
         if epsilon is not None:
             gate.set_policy(o.user, "user", BudgetPolicy(epsilon_cap=epsilon, delta=delta))
         gates[o.user] = gate

@@ -21,9 +21,10 @@ pseudo-gradient: post-processing of the noised sum, so it costs no privacy. `run
 cohorts drawn uniformly (accounted at q = cohort / devices, as the fast engine does).
 
 Randomness: every draw comes from an explicit generator handed in (DeviceRound.rng for a device's
-noise, made by `federation.device.noise_rng`; `rng` for cohorts and central noise). Simulations
-pass seeded ones; a real device must use the OS CSPRNG (`noise_rng(None, ...)`, a SecureGenerator
-once privacy.randomness is merged), and the ledger record names which (`details["rng"]`).
+noise, made by `federation.device.noise_rng`; `rng` for cohorts and central noise). A device's
+noise is the OS CSPRNG unless the run asks for seeded noise (`ScorerRun.noise_seed`, simulations
+only); the ledger record names which (`details["rng"]`) and a real device's gate refuses seeded
+noise before any work.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from federation.config import FederationConfig
 from federation.device import (MECHANISM, USER, DeviceRound, RoundResult, _check_budget, round_mechanism,
                                rounds_to_charge, settle_run)
 from federation.update import Arrays, build_update, check_update, decode, encode, spec_of
+from privacy.budget import check_rng
+from privacy.randomness import OS_CSPRNG, SEEDED, rng_kind
 
 if TYPE_CHECKING:
     from personal.habits import QueryBatch
@@ -58,6 +61,7 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
     charged = rounds_to_charge(device) if private else 1
     mech = round_mechanism(config, device.sample_rate, charged)
     if device.gate is not None and private:
+        check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # a real device refuses seeded noise, before any work
         _check_budget(device, mech)
     weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     delta = local_update(weights, batch, config.local_epochs, config.local_lr)
@@ -66,7 +70,7 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
                                     sigma=config.device_sigma, rng=device.rng, encoding=config.encoding, observe=device.observe)
     wire = encode(noised, device.rng)
     epsilon = None
-    details = {"round": device.round, "run": device.run, "mode": config.mode, "model": MODEL, "rng": rng_kind_of(device.rng)}
+    details = {"round": device.round, "run": device.run, "mode": config.mode, "model": MODEL, "rng": rng_kind(device.rng)}
     if device.gate is not None and not private:
         device.gate.commit_non_private(device.profile, USER, wire.sha256(), details=details | {"federated": True})
         epsilon = float("inf")
@@ -132,15 +136,6 @@ class ScorerRun:
     noise_seed: int | None = None  # seeded device noise (simulations only); None draws OS entropy
 
 
-def rng_kind_of(rng: object) -> str:
-    """What the ledger records as the noise's randomness: "os-csprng" only for a secure generator.
-
-    Duck-typed on the class name so that this module works before and after the randomness
-    plumbing (privacy.randomness.SecureGenerator); once that is on this branch, use its `rng_kind`.
-    """
-    return "os-csprng" if type(rng).__name__ == "SecureGenerator" else "seeded"
-
-
 def scorer_noise(epsilon: float, cohort: int, devices: int, rounds: int, delta: float, accountant: str = "rdp") -> float:
     """Noise multiplier so that `rounds` rounds at q = cohort / devices cost `epsilon` at user level."""
     from privacy.accountant import noise_for_epsilon
@@ -204,7 +199,8 @@ def _settle_all(users, gates, config: FederationConfig, run: ScorerRun, q: float
     for u in users:
         gate = gates[u]
         if config.noise_multiplier > 0 and u not in declined:
-            out[u] = settle_run(gate, u, run.run, run.rounds, config, q, last_sha.get(u, "0" * 64))
+            out[u] = settle_run(gate, u, run.run, run.rounds, config, q, last_sha.get(u, "0" * 64),
+                                rng=OS_CSPRNG if run.noise_seed is None else SEEDED)
         else:
             out[u] = float(gate.spent(u, USER)) if u in last_sha else 0.0
     return out

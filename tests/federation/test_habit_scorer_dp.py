@@ -36,7 +36,8 @@ def owner_events(user: str, shift: int, days: int = 12) -> list[Event]:
 
 
 def gate_for(tmp_path, user: str, cap: float | None = None) -> ReleaseGate:
-    gate = ReleaseGate(sqlite_utils.Database(tmp_path / f"{user}.db"), signer=Ed25519PrivateKey.generate(), accountant="rdp")
+    gate = ReleaseGate(sqlite_utils.Database(tmp_path / f"{user}.db"), signer=Ed25519PrivateKey.generate(), accountant="rdp",
+                      allow_seeded_noise=True)
     if cap is not None:
         gate.set_policy(user, "user", BudgetPolicy(epsilon_cap=cap, delta=1e-5))
     return gate

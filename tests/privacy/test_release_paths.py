@@ -48,6 +48,7 @@ ALLOWED = {
     },
     "build_update": {
         "federation/device.py:train_round": "the device round itself: check before, commit after",
+        "federation/habit_round.py:train_scorer_round": "the habit scorer's device round: check before, commit after",
     },
     "add_gaussian_noise": {
         "federation/update.py:build_update": "the clip + noise step of the device round",
@@ -69,6 +70,7 @@ ALLOWED = {
         "personal/personalize.py:personalize": "the single-device release path",
         "federation/device.py:train_round": "the device round",
         "federation/device.py:settle_run": "charges the rounds a device sat out at the end of a run",
+        "federation/habit_round.py:train_scorer_round": "the habit scorer's device round (user level)",
         "simulations/engine_fast.py:_federated_round": "simulation: non-private comparison runs (epsilon = inf)",
         "simulations/engine_fast.py:_local_train": "simulation's local mode",
     },
@@ -213,6 +215,8 @@ def _names_rng(details: ast.AST | None, fn: ast.AST) -> bool:
         return False
     if has_key(details):
         return True
+    if isinstance(details, ast.BinOp) and isinstance(details.op, ast.BitOr):  # details | {...}
+        return _names_rng(details.left, fn) or _names_rng(details.right, fn)
     if not isinstance(details, ast.Name):
         return False
     for node in ast.walk(fn):
