@@ -233,3 +233,131 @@ def register(app: typer.Typer) -> None:
     from privacy.cli import audit_app
 
     audit_app.command("empirical")(empirical)
+
+
+# -- white-box form ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WhiteBoxAuditConfig:
+    """One white-box audit run of the real local DP-SGD (``personal.training.train_adapter``).
+
+    A tiny random-initialised base carries LoRA of rank ``lora_rank`` (enough trainable
+    coordinates for ``canaries`` distinct Dirac canaries); ``examples`` ordinary examples are
+    trained for ``epochs`` at Poisson sample rate ``sample_rate`` (steps = epochs / rate), the
+    noise calibrated to ``epsilon`` at ``delta`` by the accountant.
+    """
+
+    epsilon: float = 4.0
+    delta: float = 1e-5
+    canaries: int = 20000
+    examples: int = 64
+    sample_rate: float = 0.5
+    epochs: float = 50.0
+    lora_rank: int = 128
+    max_grad_norm: float = 1.0
+    confidence: float = 0.95
+    model: str = "tiny"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.epsilon < math.inf):
+            raise AuditConfigError(f"epsilon must be a finite number > 0, got {self.epsilon!r}")
+        if self.canaries < 4 or self.examples < 1 or self.epochs <= 0 or self.lora_rank < 1:
+            raise AuditConfigError("need canaries >= 4, examples >= 1, epochs > 0, LoRA rank >= 1")
+        if not (0 < self.sample_rate <= 1):
+            raise AuditConfigError(f"sample rate must be in (0, 1], got {self.sample_rate!r}")
+        if not (0 < self.confidence < 1) or not (0 < self.delta < 1) or self.max_grad_norm <= 0:
+            raise AuditConfigError("confidence and delta must be in (0, 1), max grad norm > 0")
+
+
+@dataclass
+class WhiteBoxAuditReport:
+    """What one white-box run measured, next to what it claimed."""
+
+    config: dict
+    claimed_epsilon: float
+    accountant_epsilon: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    included: int
+    epsilon_lower: float  # Steinke–Nasr–Jagielski, distribution-free
+    gaussian_epsilon: float  # Gaussian-shape point estimate
+    gaussian_epsilon_lower: float  # its lower limit at the stated confidence (if the shape holds)
+    gaussian_mu: float
+    flagged: bool
+    guesses: int
+    correct: int
+    seconds: float
+    train_seconds: float
+    injected_bug: dict | None = None  # only ever set by tests and benchmarks
+    audit: dict = field(default_factory=dict)
+
+    def verdict(self) -> str:
+        """One line for humans."""
+        c = self.config["confidence"]
+        text = (f"SNJ lower bound epsilon >= {self.epsilon_lower:.3f} ({c:.0%}); Gaussian-shape estimate "
+                f"{_fmt(self.gaussian_epsilon)} (>= {_fmt(self.gaussian_epsilon_lower)} at {c:.0%})")
+        if self.flagged:
+            return f"CLAIM FAILS: {text} against the claimed epsilon {self.claimed_epsilon:g}"
+        return f"consistent with the claim: {text} <= claimed epsilon {self.claimed_epsilon:g}"
+
+
+def _fmt(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:.3f}"
+
+
+def _whitebox_examples(cfg: WhiteBoxAuditConfig):
+    """Seeded ordinary examples (short texts over a few labels): the training the canaries ride on."""
+    import random
+
+    from personal.examples import Example
+
+    rng = random.Random(cfg.seed)
+    places = ["Gym", "Office", "Coffee Shop", "Park"]
+    words = ["monday", "tuesday", "morning", "evening", "after", "work", "home", "rain", "sun", "late"]
+    out = [Example(" ".join(rng.choice(words) for _ in range(6)), rng.choice(places)) for _ in range(cfg.examples)]
+    return out, places
+
+
+def run_whitebox_audit(cfg: WhiteBoxAuditConfig, *, _test_only_bug=None,
+                       progress: Optional[Callable[[int, int, float], None]] = None) -> WhiteBoxAuditReport:
+    """Train once with canaries in every step, score them, and read the scores both ways (privacy/whitebox.py).
+
+    ``_test_only_bug`` (a ``personal.audit_hook.InjectedBug``) plants a leak the claim does not
+    cover; the CLI never passes it.
+    """
+    import torch
+
+    from personal.adapter import LoraSettings
+    from personal.audit_hook import CanaryConfig, GradientCanaryAudit
+    from personal.models import load_base
+    from personal.training import DPConfig, TrainConfig, train_adapter
+    from privacy.whitebox import whitebox_audit
+
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only add contention
+    try:
+        base = load_base(cfg.model)
+        examples, labels = _whitebox_examples(cfg)
+        tcfg = TrainConfig(lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_rank), epochs=cfg.epochs,
+                           sample_rate=cfg.sample_rate, lr=1e-3, optimizer="sgd", max_length=16, seed=cfg.seed)
+        dp = DPConfig(epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm)
+        hook = GradientCanaryAudit(CanaryConfig(canaries=cfg.canaries, seed=cfg.seed), _test_only_bug=_test_only_bug)
+        t1 = time.perf_counter()
+        res = train_adapter(base, examples, labels, tcfg, dp, audit=hook, progress=progress)
+        train_s = time.perf_counter() - t1
+    finally:
+        torch.set_num_threads(threads)
+    wb = whitebox_audit(hook.scores.total, hook.included, cfg.delta, cfg.confidence, claimed_epsilon=cfg.epsilon)
+    m = res.mechanism
+    bug = None if _test_only_bug is None else asdict(_test_only_bug)
+    return WhiteBoxAuditReport(
+        config=asdict(cfg), claimed_epsilon=cfg.epsilon, accountant_epsilon=float(res.epsilon),
+        noise_multiplier=m.noise_multiplier, sample_rate=m.sample_rate, steps=m.steps,
+        included=int(hook.included.sum()), epsilon_lower=wb.snj.epsilon_lower,
+        gaussian_epsilon=wb.gaussian.epsilon, gaussian_epsilon_lower=wb.gaussian.epsilon_lower,
+        gaussian_mu=wb.gaussian.mu, flagged=wb.flagged, guesses=wb.snj.guesses, correct=wb.snj.correct,
+        seconds=time.perf_counter() - t0, train_seconds=train_s, injected_bug=bug, audit=wb.to_dict(),
+    )
