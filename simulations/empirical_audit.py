@@ -8,6 +8,11 @@ is scored by its loss, and privacy/empirical.py turns the membership guesses int
 on epsilon at a stated confidence. A lower bound above the accountant's epsilon means the
 training does not keep its promise (e.g. a bug dropped the noise).
 
+``--white-box`` runs the white-box form instead (``run_whitebox_audit``): Dirac gradient canaries
+inside the real local DP-SGD (``personal.training.train_adapter`` with ``personal.audit_hook``),
+every step's noisy gradient observed, and two readings from ``privacy/whitebox.py`` next to the
+claimed epsilon: the Steinke–Nasr–Jagielski lower bound and a Gaussian-shape estimate.
+
 It lives on the top floor because it holds model code; the maths stays in privacy/.
 """
 
@@ -188,24 +193,39 @@ def _run(cfg: EmpiricalAuditConfig, on_epoch: Optional[Callable[[int, int], None
 
 def empirical(
     epsilon: Optional[float] = typer.Option(None, "--epsilon", "-e", help="Claimed epsilon; the noise is calibrated to it (default 1 unless --no-noise)."),
-    no_noise: bool = typer.Option(False, "--no-noise", help="Switch the noise off (as a bug would). With --epsilon, the claim is still checked."),
-    canaries: int = typer.Option(1000, "--canaries", "-m", help="Number of canaries, each included with probability 1/2."),
-    examples: int = typer.Option(1000, "--examples", help="Ordinary training examples."),
-    epochs: int = typer.Option(15, "--epochs", help="Training epochs."),
-    batch_size: int = typer.Option(100, "--batch-size", help="Expected (Poisson) batch size."),
+    no_noise: bool = typer.Option(False, "--no-noise", help="Switch the noise off (as a bug would). With --epsilon, the claim is still checked. Black-box form only."),
+    white_box: bool = typer.Option(False, "--white-box", help="White-box form: gradient canaries in the real local DP-SGD, every noisy step observed (SNJ bound + Gaussian-shape estimate)."),
+    canaries: Optional[int] = typer.Option(None, "--canaries", "-m", help="Number of canaries, each included with probability 1/2 (default 1000; white-box 20000)."),
+    examples: Optional[int] = typer.Option(None, "--examples", help="Ordinary training examples (default 1000; white-box 64)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (default 15; white-box 50)."),
+    batch_size: int = typer.Option(100, "--batch-size", help="Expected (Poisson) batch size (black-box form)."),
+    sample_rate: float = typer.Option(0.5, "--sample-rate", help="Poisson sample rate of the white-box run."),
     delta: float = typer.Option(1e-5, "--delta", help="Delta of the claim and of the audit."),
     confidence: float = typer.Option(0.95, "--confidence", help="Confidence of the lower bound."),
     seed: int = typer.Option(0, "--seed"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the full result as JSON here."),
 ) -> None:
     """One-run empirical audit (Steinke, Nasr & Jagielski 2023): a lower bound on epsilon beside the accountant's."""
+    if white_box:
+        if no_noise:
+            raise AuditConfigError("--no-noise is for the black-box form; the white-box audit always runs the real noise")
+        wcfg = WhiteBoxAuditConfig(
+            epsilon=1.0 if epsilon is None else epsilon, delta=delta, confidence=confidence, seed=seed,
+            sample_rate=sample_rate, **{k: v for k, v in (("canaries", canaries), ("examples", examples),
+                                                          ("epochs", epochs)) if v is not None})
+        _print_whitebox(wcfg, json_path)
+        return
     from rich.console import Console
     from rich.progress import Progress
 
     if epsilon is None and not no_noise:
         epsilon = 1.0
-    cfg = EmpiricalAuditConfig(epsilon=epsilon, noise=not no_noise, delta=delta, canaries=canaries, examples=examples,
-                               epochs=epochs, batch_size=batch_size, confidence=confidence, seed=seed)
+    if epochs is not None and not float(epochs).is_integer():
+        raise AuditConfigError(f"--epochs must be a whole number in the black-box form, got {epochs:g}")
+    cfg = EmpiricalAuditConfig(epsilon=epsilon, noise=not no_noise, delta=delta,
+                               canaries=1000 if canaries is None else canaries,
+                               examples=1000 if examples is None else examples, epochs=15 if epochs is None else int(epochs),
+                               batch_size=batch_size, confidence=confidence, seed=seed)
     console = Console()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("training with opacus DP-SGD", total=cfg.epochs)
@@ -361,3 +381,40 @@ def run_whitebox_audit(cfg: WhiteBoxAuditConfig, *, _test_only_bug=None,
         gaussian_mu=wb.gaussian.mu, flagged=wb.flagged, guesses=wb.snj.guesses, correct=wb.snj.correct,
         seconds=time.perf_counter() - t0, train_seconds=train_s, injected_bug=bug, audit=wb.to_dict(),
     )
+
+
+def _print_whitebox(cfg: WhiteBoxAuditConfig, json_path: Optional[Path]) -> None:
+    """Run the white-box audit with a progress bar; print the readings next to the claim; write JSON."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("DP-SGD with gradient canaries", total=None)
+        rep = run_whitebox_audit(cfg, progress=lambda done, total, loss: progress.update(task, completed=done, total=total))
+    console.print(
+        f"noise multiplier {rep.noise_multiplier:.4f}, sample rate {rep.sample_rate:.4f}, {rep.steps} steps, "
+        f"delta {cfg.delta:g}; {rep.included}/{cfg.canaries} gradient canaries included; every step observed",
+        highlight=False,
+    )
+    console.print(f"claimed epsilon:            {rep.claimed_epsilon:g} (accountant, pld: {rep.accountant_epsilon:.4f})",
+                  highlight=False)
+    console.print(f"SNJ lower bound:            {rep.epsilon_lower:.4f} at {cfg.confidence:.0%} confidence "
+                  f"({rep.correct} of {rep.guesses} guesses right)", highlight=False)
+    console.print(f"Gaussian-shape estimate:    {_fmt(rep.gaussian_epsilon)} (mu {_fmt(rep.gaussian_mu)}); "
+                  f">= {_fmt(rep.gaussian_epsilon_lower)} at {cfg.confidence:.0%} if the shape holds", highlight=False)
+    console.print(("[bold red]" if rep.flagged else "[green]") + rep.verdict() + "[/]", highlight=False)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(_json_safe(asdict(rep)), indent=2))
+
+
+def _json_safe(obj):
+    """inf/nan as strings: JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj

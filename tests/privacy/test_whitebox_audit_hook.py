@@ -69,3 +69,23 @@ def test_bad_settings_are_typed_errors():
         InjectedBug(noise_scale=-1)
     with pytest.raises(AuditConfigError):
         WhiteBoxAuditConfig(sample_rate=0.0)
+
+
+def test_cli_white_box_prints_both_readings_next_to_the_claim_and_writes_json(tmp_path, monkeypatch, capsys):
+    import json
+
+    from tests.cli_support import run_homebody
+
+    out = tmp_path / "wb.json"
+    code, stdout, stderr = run_homebody(monkeypatch, capsys, "audit", "empirical", "--white-box", "--epsilon", "4",
+                                        "--canaries", "2000", "--examples", "16", "--epochs", "10", "--seed", "2",
+                                        "--json", str(out))
+    assert code == 0, stderr
+    assert "claimed epsilon:            4" in stdout and "SNJ lower bound" in stdout and "Gaussian-shape" in stdout
+    data = json.loads(out.read_text())
+    assert data["claimed_epsilon"] == 4.0 and data["injected_bug"] is None and data["steps"] == 20
+    assert data["epsilon_lower"] <= 4.0 and data["audit"]["gaussian"]["n_in"] + data["audit"]["gaussian"]["n_out"] == 2000
+    code, _, stderr = run_homebody(monkeypatch, capsys, "audit", "empirical", "--white-box", "--no-noise")
+    assert code != 0 and "black-box" in stderr and "Traceback" not in stderr
+    code, _, stderr = run_homebody(monkeypatch, capsys, "audit", "empirical", "--white-box", "--canaries", "3")
+    assert code != 0 and "canaries" in stderr
