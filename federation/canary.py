@@ -84,6 +84,11 @@ class CanaryClients:
         self.sum_cos = np.zeros(k + unobserved)
         self.rounds = 0
         self.participations = np.zeros(k, dtype=int)
+        self.initial: dict[str, np.ndarray] = {}
+
+    def start(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Remember the global adapter the run starts from (for the final-model reading)."""
+        self.initial = {k: np.array(v, np.float32) for k, v in arrays.items()}
 
     def _arrays(self, i: int) -> dict[str, np.ndarray]:
         """Canary ``i``'s update before noise: its direction at norm C, shaped like the adapter."""

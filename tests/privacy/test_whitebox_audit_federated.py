@@ -66,3 +66,28 @@ def test_canary_updates_are_clip_norm_random_directions():
         CanaryClients(SPEC, 1, 1.0)
     with pytest.raises(CanaryError):
         CanaryClients(SPEC, 5, 0.0)
+
+
+def test_simulate_with_canary_clients_reports_the_estimate_and_without_them_nothing_changes(tmp_path, monkeypatch,
+                                                                                         capsys):
+    import json
+
+    from simulations.runner import BadSimulationConfig, SimulationConfig, run_simulation
+    from tests.cli_support import run_homebody
+
+    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", epsilon=4.0, seed=0)
+    off = run_simulation(SimulationConfig(**common, out=str(tmp_path / "off")))
+    off_again = run_simulation(SimulationConfig(**common, out=str(tmp_path / "off2")))
+    assert "canary_audit" not in off and off["final"]["global_top1"] == off_again["final"]["global_top1"]
+    code, stdout, stderr = run_homebody(monkeypatch, capsys, "simulate", "--dataset", "synthetic", "--synthetic-devices",
+                                        "3", "--devices", "3", "--rounds", "2", "--model", "tiny", "--epsilon", "4",
+                                        "--audit-canaries", "8", "--out", str(tmp_path / "on"))
+    assert code == 0, stderr
+    assert "canary audit (8 canary clients, 2 rounds): claimed user-level ε 4" in stdout
+    est = json.loads((tmp_path / "on" / "results.json").read_text())["canary_audit"]
+    assert est["claimed_epsilon"] == 4.0 and est["canaries"] == 8 and est["rounds"] == 2
+    assert est["all_iterates"]["n_in"] == 8 and est["final_model"]["n_out"] == 1000
+    with pytest.raises(BadSimulationConfig):
+        SimulationConfig(**common, audit_canaries=8, mode="local").validate()
+    with pytest.raises(BadSimulationConfig):
+        SimulationConfig(**common, audit_canaries=1).validate()
