@@ -2,6 +2,7 @@
 runs with a planted bug (halved noise, noise off, doubled sampling rate) that still claim epsilon 4.
 
     .venv/bin/python -m benchmarks.audit_whitebox [--correct-seeds 7] [--bug-seeds 10] [--json FILE]
+    .venv/bin/python -m benchmarks.audit_whitebox --federated [--fed-seeds 3] [--fed-canaries 500]
 
 Every run is the real local DP-SGD (personal.training.train_adapter, opacus) on the tiny base with
 Dirac gradient canaries (personal/audit_hook.py); the bugs come from the test-only injector.
@@ -57,7 +58,13 @@ def main() -> None:
     ap.add_argument("--bug-seeds", type=int, default=10)
     ap.add_argument("--canaries", type=int, default=WhiteBoxAuditConfig.canaries)
     ap.add_argument("--json", default=None, help="Write every run's full result here.")
+    ap.add_argument("--federated", action="store_true", help="Run the federated canary-client benchmark instead.")
+    ap.add_argument("--fed-seeds", type=int, default=3)
+    ap.add_argument("--fed-canaries", type=int, default=500)
     args = ap.parse_args()
+    if args.federated:
+        federated_main(args.fed_seeds, args.fed_canaries)
+        return
     t0 = time.perf_counter()
     results = []
     for name, eps, seed, bug in _plan(args.correct_seeds, args.bug_seeds):
@@ -85,6 +92,64 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump([_json_safe({"run": n, **asdict(r)}) for n, r in results], fh, indent=2)
+
+
+
+# -- federated canary clients (issue 17, acceptances 3 and 4) -------------------------------------
+
+def _simulate(tmp: str, eps: float, seed: int, canaries: int, half_noise: bool = False) -> dict:
+    """One synthetic federated simulation (tiny base, secagg noise, every device every round)."""
+    from simulations import engine_fast
+    from simulations.runner import SimulationConfig, run_simulation
+
+    cfg = SimulationConfig(dataset="synthetic", synthetic_devices=10, devices=10, rounds=5, model="tiny",
+                           epsilon=eps, seed=seed, audit_canaries=canaries, out=f"{tmp}/e{eps:g}-s{seed}-k{canaries}-h{int(half_noise)}")
+    original = engine_fast.user_noise
+    if half_noise:  # BENCHMARK-ONLY planted bug: the noise is half what the claimed epsilon needs
+        engine_fast.user_noise = lambda *a: original(*a) * 0.5
+    try:
+        return run_simulation(cfg)
+    finally:
+        engine_fast.user_noise = original
+
+
+def federated_main(seeds: int, canaries: int) -> None:
+    """Canary estimates at claimed user-level epsilon 1/4/8, a halved-noise run, and the cost of 8 canaries."""
+    import tempfile
+
+    rows, t0 = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = [(eps, s, canaries, False) for eps in (1.0, 4.0, 8.0) for s in range(seeds)]
+        plan += [(4.0, s, canaries, True) for s in range(seeds)]
+        plan += [(4.0, s, k, False) for s in range(seeds) for k in (0, 8)]
+        for eps, s, k, half in plan:
+            res = _simulate(tmp, eps, s, k, half)
+            est = res.get("canary_audit") or {}
+            it, fm = est.get("all_iterates", {}), est.get("final_model", {})
+            row = dict(eps=eps, seed=s, k=k, half=half, wall=res["wall_s"], rounds_s=res["timing"]["rounds_s"],
+                       top1=res["final"]["top1"], gtop1=res["final"]["global_top1"],
+                       it=it.get("epsilon"), it_low=it.get("epsilon_lower"), fm=fm.get("epsilon"),
+                       flagged=est.get("flagged"), z=res["privacy"]["noise_multiplier"])
+            rows.append(row)
+            print(f"# {row}", flush=True)
+    print()
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, total "
+          f"{time.perf_counter() - t0:.0f} s, load average {os.getloadavg()[0]:.1f}. Synthetic, 10 devices (all in "
+          f"every round), 5 rounds, tiny base, secagg noise, delta 1e-5; 1000 unobserved canary directions.")
+    print()
+    print("| run | claimed user ε | seed | canaries | noise multiplier | all-iterates ε (lower limit) | final-model ε | "
+          "flagged | global top-1 | personal top-1 | rounds s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for r in rows:
+        name = "halved noise (benchmark-only bug)" if r["half"] else ("no canaries" if r["k"] == 0 else "correct")
+        est = "—" if r["it"] is None else f"{_num(r['it'])} ({_num(r['it_low'])})"
+        print(f"| {name} | {r['eps']:g} | {r['seed']} | {r['k']} | {r['z']:.3f} | {est} | "
+              f"{'—' if r['fm'] is None else _num(r['fm'])} | {'—' if r['flagged'] is None else ('**yes**' if r['flagged'] else 'no')} | "
+              f"{r['gtop1']:.3f} | {r['top1']:.3f} | {r['rounds_s']:.1f} |")
+
+
+def _num(x) -> str:
+    return f"{x:.2f}" if isinstance(x, (int, float)) else str(x)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ the same scores come out of :func:`whitebox_audit`:
       delta(eps) = Phi(-eps/mu + mu/2) - e^eps * Phi(-eps/mu - mu/2).
 
   A one-sided confidence interval on mu (the usual standard error of a standardised mean
-  difference) gives ``epsilon_lower``. This rests on the Gaussian shape (a central-limit
+  difference, with a Student-t quantile on the smaller group's degrees of freedom) gives
+  ``epsilon_lower``. This rests on the Gaussian shape (a central-limit
   approximation over the steps), so it is an estimate, not a proof; it is far tighter than the
   yes/no guesses when the shape holds. Assumption, stated because the 2026 paper was not at hand in
   full: equal variances in and out (the pooled s); a canary's Bernoulli sampling makes the in
   scores slightly wider, which the pooling turns into a slightly smaller, i.e. conservative, mu.
 
-Pure Python and numpy; scipy only through ``privacy.empirical``'s binomial tails.
+Pure Python and numpy; scipy (already needed by ``privacy.empirical``'s binomial tails) only for
+the Student-t quantile of small groups.
 """
 
 from __future__ import annotations
@@ -127,6 +129,16 @@ class GaussianShapeEstimate:
         return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(self).items()}
 
 
+def _t_quantile(confidence: float, df: int) -> float:
+    """Student-t quantile: with few canaries on one side (say 8 canary clients) the normal quantile
+    would overstate the confidence; with thousands the two agree."""
+    if df >= 1000:
+        return NormalDist().inv_cdf(confidence)
+    from scipy import stats
+
+    return float(stats.t.ppf(confidence, df))
+
+
 def _split(scores: Sequence[float], included: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=float)
     inc = np.asarray(included, dtype=bool)
@@ -156,7 +168,7 @@ def gaussian_shape_estimate(
     else:
         mu = max(0.0, (m1 - m0) / pooled)
         se = math.sqrt(1 / n1 + 1 / n0 + mu * mu / (2 * (n1 + n0 - 2)))
-        mu_low = max(0.0, mu - NormalDist().inv_cdf(confidence) * se)
+        mu_low = max(0.0, mu - _t_quantile(confidence, min(n1, n0) - 1) * se)
     return GaussianShapeEstimate(
         mu=mu, mu_lower=mu_low, epsilon=gdp_epsilon(mu, delta), epsilon_lower=gdp_epsilon(mu_low, delta),
         mean_in=m1, mean_out=m0, std_in=math.sqrt(v1), std_out=math.sqrt(v0), n_in=n1, n_out=n0,

@@ -99,3 +99,13 @@ def test_candidates_and_bad_input():
         sc.observe(np.zeros(4))
     sc.observe(np.ones(5))
     assert sc.steps == 1 and sc.total.sum() == 5
+
+
+def test_few_canaries_widen_the_lower_limit():
+    # 8 in-scores against 1,000 out-scores: the Student-t quantile (7 degrees of freedom), not the normal one.
+    rng = np.random.default_rng(4)
+    inc = np.arange(1008) < 8
+    scores = rng.normal(0, 1, inc.size) + 1.0 * inc
+    est = gaussian_shape_estimate(scores, inc, 1e-5, confidence=0.95)
+    se = math.sqrt(1 / 8 + 1 / 1000 + est.mu**2 / (2 * 1006))
+    assert est.mu - est.mu_lower == pytest.approx(1.894579 * se, rel=1e-4)
