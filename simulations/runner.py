@@ -297,7 +297,7 @@ def _groups(rows: list[dict], per_user_base: dict) -> dict:
     return out
 
 
-def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | None:
+def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path, empirical: dict | None = None) -> dict | None:
     """The population privacy audit report (privacy.report) from every device's own ledger.
 
     Fast engine: the ledger in each device's vault. Flower engine: the per-device ledgers the
@@ -325,7 +325,8 @@ def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | Non
             with Vault.open(d.vault_path, d.passphrase) as vault:
                 summaries.append(DeviceSummary.from_ledger(vault.db, d.user, d.user, unit, accountant))
     population_report(summaries, out_dir / "privacy_report.html", out_dir / "privacy_report.json",
-                      title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({unit}-level)")
+                      title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({unit}-level)",
+                      empirical=empirical)
     return {"html": "privacy_report.html", "json": "privacy_report.json", "accountant": accountant}
 
 
@@ -398,7 +399,7 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
         engine.close()
     if not cfg.non_private:
         results["privacy"].update(_stated_epsilons(cfg, results))
-    results["audit"] = _privacy_report(devices, cfg, out_dir)
+    results["audit"] = _privacy_report(devices, cfg, out_dir, results.get("canary_audit"))
     results["plots"] = write_plots(results, out_dir)
     results["wall_s"] = time.perf_counter() - t_start
     if not interrupted:

@@ -87,6 +87,10 @@ def test_simulate_with_canary_clients_reports_the_estimate_and_without_them_noth
     est = json.loads((tmp_path / "on" / "results.json").read_text())["canary_audit"]
     assert est["claimed_epsilon"] == 4.0 and est["canaries"] == 8 and est["rounds"] == 2
     assert est["all_iterates"]["n_in"] == 8 and est["final_model"]["n_out"] == 1000
+    html = (tmp_path / "on" / "privacy_report.html").read_text()
+    assert 'id="canary-estimate"' in html and "8 canary clients" in html
+    assert json.loads((tmp_path / "on" / "privacy_report.json").read_text())["empirical"]["canaries"] == 8
+    assert 'id="canary-estimate"' not in (tmp_path / "off" / "privacy_report.html").read_text()
     with pytest.raises(BadSimulationConfig):
         SimulationConfig(**common, audit_canaries=8, mode="local").validate()
     with pytest.raises(BadSimulationConfig):
