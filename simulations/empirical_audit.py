@@ -198,8 +198,8 @@ def empirical(
     canaries: Optional[int] = typer.Option(None, "--canaries", "-m", help="Number of canaries, each included with probability 1/2 (default 1000; white-box 20000)."),
     examples: Optional[int] = typer.Option(None, "--examples", help="Ordinary training examples (default 1000; white-box 64)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs (default 15; white-box 50)."),
-    batch_size: int = typer.Option(100, "--batch-size", help="Expected (Poisson) batch size (black-box form)."),
-    sample_rate: float = typer.Option(0.5, "--sample-rate", help="Poisson sample rate of the white-box run."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Expected (Poisson) batch size (black-box form; default 100)."),
+    sample_rate: Optional[float] = typer.Option(None, "--sample-rate", help="Poisson sample rate (white-box form; default 0.5)."),
     delta: float = typer.Option(1e-5, "--delta", help="Delta of the claim and of the audit."),
     confidence: float = typer.Option(0.95, "--confidence", help="Confidence of the lower bound."),
     seed: int = typer.Option(0, "--seed"),
@@ -207,12 +207,13 @@ def empirical(
 ) -> None:
     """One-run empirical audit (Steinke, Nasr & Jagielski 2023): a lower bound on epsilon beside the accountant's."""
     if white_box:
-        if no_noise:
-            raise AuditConfigError("--no-noise is for the black-box form; the white-box audit always runs the real noise")
+        if no_noise or batch_size is not None:
+            raise AuditConfigError("--no-noise and --batch-size are for the black-box form (the white-box audit "
+                                   "always runs the real noise, at --sample-rate)")
         wcfg = WhiteBoxAuditConfig(
             epsilon=1.0 if epsilon is None else epsilon, delta=delta, confidence=confidence, seed=seed,
-            sample_rate=sample_rate, **{k: v for k, v in (("canaries", canaries), ("examples", examples),
-                                                          ("epochs", epochs)) if v is not None})
+            **{k: v for k, v in (("canaries", canaries), ("examples", examples), ("epochs", epochs),
+                                 ("sample_rate", sample_rate)) if v is not None})
         _print_whitebox(wcfg, json_path)
         return
     from rich.console import Console
@@ -220,12 +221,14 @@ def empirical(
 
     if epsilon is None and not no_noise:
         epsilon = 1.0
+    if sample_rate is not None:
+        raise AuditConfigError("--sample-rate is for the white-box form (the black-box form takes --batch-size)")
     if epochs is not None and not float(epochs).is_integer():
         raise AuditConfigError(f"--epochs must be a whole number in the black-box form, got {epochs:g}")
     cfg = EmpiricalAuditConfig(epsilon=epsilon, noise=not no_noise, delta=delta,
                                canaries=1000 if canaries is None else canaries,
                                examples=1000 if examples is None else examples, epochs=15 if epochs is None else int(epochs),
-                               batch_size=batch_size, confidence=confidence, seed=seed)
+                               batch_size=100 if batch_size is None else batch_size, confidence=confidence, seed=seed)
     console = Console()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("training with opacus DP-SGD", total=cfg.epochs)

@@ -89,3 +89,7 @@ def test_cli_white_box_prints_both_readings_next_to_the_claim_and_writes_json(tm
     assert code != 0 and "black-box" in stderr and "Traceback" not in stderr
     code, _, stderr = run_homebody(monkeypatch, capsys, "audit", "empirical", "--white-box", "--canaries", "3")
     assert code != 0 and "canaries" in stderr
+    code, _, stderr = run_homebody(monkeypatch, capsys, "audit", "empirical", "--white-box", "--batch-size", "10")
+    assert code != 0 and "black-box" in stderr
+    code, _, stderr = run_homebody(monkeypatch, capsys, "audit", "empirical", "--sample-rate", "0.1")
+    assert code != 0 and "white-box" in stderr
