@@ -41,6 +41,16 @@ if TYPE_CHECKING:
     from personal.training import DPConfig, MechanismPlan
 
 
+def uses_os_csprng(dp: "DPConfig") -> bool:
+    """Does the run draw its noise and sampling from the OS CSPRNG?
+
+    Reads ``DPConfig.rng == "os-csprng"`` where the config has that field, else the older
+    ``secure_rng`` flag (both spellings exist across branches of personal/training.py).
+    """
+    rng = getattr(dp, "rng", None)
+    return rng == "os-csprng" if rng is not None else bool(getattr(dp, "secure_rng", False))
+
+
 class AuditHookError(HomebodyError):
     """The white-box audit cannot run with these settings (too few coordinates, no DP...)."""
 
@@ -115,7 +125,7 @@ class GradientCanaryAudit:
             if len(ids):
                 self._slots.append((p, torch.as_tensor(coords[ids] - starts[i], dtype=torch.long), ids))
         self.sample_rate, self.noise_multiplier = plan.sample_rate, plan.noise_multiplier
-        self.max_grad_norm, self._secure = dp.max_grad_norm, dp.secure_rng
+        self.max_grad_norm, self._secure = dp.max_grad_norm, uses_os_csprng(dp)
         original = optimizer.add_noise
 
         def add_noise() -> None:

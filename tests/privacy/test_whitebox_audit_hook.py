@@ -48,10 +48,20 @@ def _train(dp, canaries: int, rank: int = 8, steps_epochs: float = 2.0):
     return hook, res
 
 
-def test_secure_rng_run_is_scored_at_every_step():
+def _secure_dp(**kw):
+    """A DPConfig drawing from the OS CSPRNG, in either spelling of personal.training's field."""
     from personal.training import DPConfig
 
-    hook, res = _train(DPConfig(noise_multiplier=1.0, secure_rng=True), canaries=500)
+    field = {"rng": "os-csprng"} if "rng" in DPConfig.__dataclass_fields__ else {"secure_rng": True}
+    return DPConfig(**kw, **field)
+
+
+def test_secure_rng_run_is_scored_at_every_step():
+    from personal.audit_hook import uses_os_csprng
+
+    dp = _secure_dp(noise_multiplier=1.0)
+    assert uses_os_csprng(dp)
+    hook, res = _train(dp, canaries=500)
     assert hook.scores.steps == res.steps == 4
     assert np.all(np.isfinite(hook.scores.total)) and hook.scores.total.std() > 0
 
