@@ -486,6 +486,7 @@ def train_adapter(
     plan: MechanismPlan | None = None,
     checkpoint: Callable[[int, Adapter], None] | None = None,
     checkpoint_every: int = 0,
+    audit: Any = None,
 ) -> TrainResult:
     """Train LoRA + head on ``examples`` over the label space ``labels``.
 
@@ -495,7 +496,8 @@ def train_adapter(
     steps ``start_step..plan.steps-1`` are run with the same mechanism. ``checkpoint(step, adapter)``
     is called every ``checkpoint_every`` steps and on KeyboardInterrupt (then re-raised).
     ``progress(step, total, loss)`` is called after every step. Labels outside ``labels`` are
-    dropped; LM examples train only on causal bases.
+    dropped; LM examples train only on causal bases. ``audit`` (a ``personal.audit_hook.
+    GradientCanaryAudit``, opt-in) inserts white-box gradient canaries and observes every DP step.
     """
     torch = _torch()
     labels = list(labels)
@@ -513,6 +515,8 @@ def train_adapter(
     else:
         pm.clear(labels)
     n = len(use)
+    if audit is not None and not dp.enabled:
+        raise TrainingError("a white-box audit observes DP-SGD steps: it needs DP training")
     if dp.enabled:
         plan = plan or plan_mechanism(n, cfg, dp)
         q, total = plan.sample_rate, plan.steps
@@ -532,6 +536,8 @@ def train_adapter(
 
         gsm = GradSampleModule(module, batch_first=True, loss_reduction="mean")
         opt = _make_dp_optimizer(opt, plan, dp, q * n, cfg.seed)
+        if audit is not None:
+            audit.attach(opt, plan, dp)
         model = gsm
     else:
         model = module

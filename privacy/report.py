@@ -266,9 +266,26 @@ def _population_plots(devices: list[DeviceSummary]) -> str:
         plt.close(fig)
 
 
+def _empirical_html(est: dict | None) -> str:
+    """The canary clients' estimates next to the claim (empty without canaries)."""
+    if not est:
+        return ""
+    rows = [[name, str(est[key]["epsilon"]), str(est[key]["epsilon_lower"]), f"{est[key]['confidence']:.0%}"]
+            for name, key in (("all iterates", "all_iterates"), ("final model", "final_model"))]
+    verdict = "the estimate exceeds the claim" if est["flagged"] else "consistent with the claim"
+    return (f"<h2>Empirical estimate ({est['canaries']} canary clients, {est['rounds']} rounds)</h2>"
+            f"<p>claimed ε={_num(est['claimed_epsilon'])}: <b id=\"canary-verdict\">{verdict}</b></p>"
+            + _table(["threat model", "estimated ε", "lower limit", "confidence"], rows, table_id="canary-estimate"))
+
+
 def population_report(devices: list[DeviceSummary], html_path: str | Path | None = None,
-                      json_path: str | Path | None = None, title: str = "homebody population privacy report") -> dict:
-    """Population view for a simulation run: epsilon distribution, worst device, rounds per device."""
+                      json_path: str | Path | None = None, title: str = "homebody population privacy report",
+                      empirical: dict | None = None) -> dict:
+    """Population view for a simulation run: epsilon distribution, worst device, rounds per device.
+
+    ``empirical``: a canary-client estimate (``federation.canary.CanaryEstimate.to_dict()``), shown
+    next to the accounted epsilon when the run was audited with canaries.
+    """
     if not devices:
         raise ReportError("a population report needs at least one device")
     finite = sorted(d.epsilon for d in devices if math.isfinite(d.epsilon))
@@ -289,6 +306,8 @@ def population_report(devices: list[DeviceSummary], html_path: str | Path | None
         "worst_device": {**asdict(worst), "epsilon": _json_num(worst.epsilon)},
         "per_device": [{**asdict(d), "epsilon": _json_num(d.epsilon)} for d in devices],
     }
+    if empirical:
+        report["empirical"] = empirical
     _write(json_path, json.dumps(report, indent=2))
     if html_path is not None:
         top = sorted(devices, key=lambda d: (-d.epsilon, -d.rounds))[:20]
@@ -305,6 +324,7 @@ def population_report(devices: list[DeviceSummary], html_path: str | Path | None
             + _table(["device", "unit", "ε", "δ", "rounds", "cap"],
                      [[d.device_id, d.unit, _num(d.epsilon), _num(d.delta, 2), d.rounds, _num(d.cap)] for d in top],
                      left=2, table_id="devices")
+            + _empirical_html(empirical)
         )
         _write(html_path, _page(title, body))
     return report

@@ -30,6 +30,7 @@ def simulate(
     synthetic_devices: int = typer.Option(50, "--synthetic-devices", help="Owners the synthetic generator makes."),
     max_events: Optional[int] = typer.Option(None, "--max-events", help="Keep only each device's most recent N events."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a busy machine)."),
+    audit_canaries: int = typer.Option(0, "--audit-canaries", help="Add K canary clients (federated, fast engine): an empirical user-level epsilon estimate next to the claim. They change the global adapter: an audit run."),
 ) -> None:
     """Simulate a population of devices personalizing with DP-LoRA; writes results.json and plots."""
     from simulations.runner import SimulationConfig, run_simulation
@@ -41,7 +42,7 @@ def simulate(
         epsilon=epsilon, delta=delta, non_private=non_private, model=model, engine=engine, mode=mode,
         federation_mode=federation_mode,
         out=str(out), seed=seed, synthetic_devices=synthetic_devices, max_events=max_events, threads=threads,
-        data_dir=str(data_dir) if data_dir else None,
+        data_dir=str(data_dir) if data_dir else None, audit_canaries=audit_canaries,
     )
     results = run_simulation(cfg, show_progress=True)
     print_summary(results, out)
@@ -84,6 +85,19 @@ def print_summary(results: dict, out: Path) -> None:
         console.print(f"plot: {out / name}")
     if results.get("audit"):
         console.print(f"privacy report: {out / results['audit']['html']}")
+    _print_canaries(console, results.get("canary_audit"))
+
+
+def _print_canaries(console, est: dict | None) -> None:
+    """The canary clients' estimates (issue 17) next to the claimed user-level epsilon."""
+    if not est:
+        return
+    it, fm = est["all_iterates"], est["final_model"]
+    num = lambda x: f"{x:.2f}" if isinstance(x, (int, float)) else str(x)  # noqa: E731 (inf arrives as "inf")
+    console.print(f"canary audit ({est['canaries']} canary clients, {est['rounds']} rounds): claimed user-level ε "
+                  f"{est['claimed_epsilon']:g}; estimated ε {num(it['epsilon'])} (all iterates, ≥ "
+                  f"{num(it['epsilon_lower'])} at {it['confidence']:.0%}), {num(fm['epsilon'])} (final model)"
+                  + (" [bold red]CLAIM FAILS[/]" if est["flagged"] else ""), highlight=False)
 
 
 def register(app: typer.Typer) -> None:

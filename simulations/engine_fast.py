@@ -119,6 +119,7 @@ class FastEngine:
         self.state = {d.user: DeviceState() for d in self.devices}
         self.index = {d.user: i for i, d in enumerate(self.devices)}
         self.global_adapter = initial_adapter(self.base, self.labels, self.fcfg) if cfg.mode == "federated" else None
+        self.canaries = _canary_clients(cfg, self.global_adapter)  # None unless --audit-canaries (issue 17)
         self.run_id = f"simulation-{uuid.uuid4().hex[:12]}"  # ledgers charge rounds per run
         self.rng = random.Random(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
@@ -194,7 +195,11 @@ class FastEngine:
             nbytes.append(res.bytes_up)
             self.tick(1)
         spec = spec_of(self.global_adapter.tensors)
+        if self.canaries is not None:  # an audit run: canary clients join the round like devices
+            updates += self.canaries.updates(r, q)
         outcome = aggregate(self.global_adapter.tensors, updates, spec, self.fcfg, r, self.np_rng)
+        if self.canaries is not None:
+            self.canaries.observe(self.global_adapter.tensors, outcome.arrays)
         self.global_adapter = adapter_from_arrays(self.base, outcome.arrays, self.labels, self.fcfg)
         if r == self.cfg.rounds and not self.cfg.non_private and len(cohort) < len(self.devices):
             self._settle(r, q)
@@ -331,6 +336,13 @@ class FastEngine:
         best = np.argmax(probs, axis=1)
         return [adapter.labels[i] == e.label for i, e in zip(best, test)]
 
+    def canary_estimate(self) -> dict | None:
+        """The canary clients' user-level epsilon estimates next to the claim (None without canaries)."""
+        if self.canaries is None:
+            return None
+        return self.canaries.estimate(self.canaries.initial, self.global_adapter.tensors, self.cfg.delta,
+                                      claimed_epsilon=self.cfg.epsilon).to_dict()
+
     def device_rows(self) -> list[dict]:
         """Per device: events, group, epsilon spent, rounds taken part in, last evaluation."""
         rows = []
@@ -346,6 +358,18 @@ class FastEngine:
         """Remove the spilled feature files (they are derived from personal events), unless shared."""
         if self.own_cache:
             self.cache.clear_files()
+
+
+def _canary_clients(cfg: SimulationConfig, global_adapter):
+    """Canary clients over the global adapter's tensors when the run audits with them, else None."""
+    if not cfg.audit_canaries or global_adapter is None:
+        return None
+    from federation.canary import CanaryClients
+    from federation.update import spec_of
+
+    clients = CanaryClients(spec_of(global_adapter.tensors), cfg.audit_canaries, cfg.update_clip, seed=cfg.seed)
+    clients.start({k: np.array(v, np.float32) for k, v in global_adapter.tensors.items()})
+    return clients
 
 
 def _mean(values: Sequence[float]) -> float:

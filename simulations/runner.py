@@ -70,6 +70,8 @@ class SimulationConfig:
     # torch intra-op threads. One is fastest for the small per-device ops whenever anything else
     # competes for the cores (2 threads then spin-wait: 100x slower measured); try 2 on an idle machine.
     threads: int = 1
+    # Canary clients (federation/canary.py, issue 17): 0 = none, the global adapter is untouched by any.
+    audit_canaries: int = 0
 
     def validate(self) -> None:
         """Raise BadSimulationConfig with one clear line for any setting out of range."""
@@ -93,6 +95,9 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--delta must be in (0, 1) (got {self.delta})")
         if self.threads < 1:
             raise BadSimulationConfig(f"--threads must be at least 1 (got {self.threads})")
+        if self.audit_canaries and (self.audit_canaries < 2 or self.mode != "federated" or self.engine != "fast"
+                                    or self.non_private):
+            raise BadSimulationConfig("--audit-canaries needs K >= 2 and a private federated run on the fast engine")
 
     @property
     def epsilon_unit(self) -> str:
@@ -292,7 +297,7 @@ def _groups(rows: list[dict], per_user_base: dict) -> dict:
     return out
 
 
-def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | None:
+def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path, empirical: dict | None = None) -> dict | None:
     """The population privacy audit report (privacy.report) from every device's own ledger.
 
     Fast engine: the ledger in each device's vault. Flower engine: the per-device ledgers the
@@ -323,7 +328,8 @@ def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path) -> dict | Non
                 summaries.append(DeviceSummary.from_ledger(vault.db, d.user, d.user, unit, accountant,
                                                            signer=vault.signing_key()))
     population_report(summaries, out_dir / "privacy_report.html", out_dir / "privacy_report.json",
-                      title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({unit}-level)")
+                      title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({unit}-level)",
+                      empirical=empirical)
     return {"html": "privacy_report.html", "json": "privacy_report.json", "accountant": accountant}
 
 
@@ -391,10 +397,12 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
         if not interrupted:
             results["planted"] = _planted_summary(pop, devices, engine, cfg.max_events)
         results["timing"].update(_throughput(results, engine))
+        if cfg.audit_canaries:
+            results["canary_audit"] = engine.canary_estimate()
         engine.close()
     if not cfg.non_private:
         results["privacy"].update(_stated_epsilons(cfg, results))
-    results["audit"] = _privacy_report(devices, cfg, out_dir)
+    results["audit"] = _privacy_report(devices, cfg, out_dir, results.get("canary_audit"))
     results["plots"] = write_plots(results, out_dir)
     results["wall_s"] = time.perf_counter() - t_start
     if not interrupted:
