@@ -87,6 +87,9 @@ def _register_all() -> None:
     from simulations import cli_simulate
 
     cli_simulate.register(app)
+    from simulations import cli_sweep
+
+    cli_sweep.register(app)
     from simulations import cli_demo
 
     cli_demo.register(app)
