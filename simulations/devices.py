@@ -138,13 +138,13 @@ def baselines(pop: Population, max_events: int | None = None) -> tuple[dict, dic
     return means, per_user
 
 
-def markov_hits(dev: Device, max_events: int | None = None) -> list[bool]:
-    """Per held-out event: is it the Markov baseline's top-1 (for the planted-routine comparison)?"""
-    from personal.evaluate import Markov, chronological_split
+def markov_hits(dev: Device, max_events: int | None = None, baseline: str = "markov") -> list[bool]:
+    """Per held-out event: is it the baseline's top-1 (Markov, or "best_counting"; planted-routine comparison)?"""
+    from personal.evaluate import COUNTING, BestCounting, chronological_split
 
     events = dev.events[-max_events:] if max_events else dev.events
     train, queries = chronological_split(events, HOLDOUT)
-    model = Markov(train)
+    model = BestCounting(train) if baseline == "best_counting" else COUNTING[baseline](train)
     return [model.rank(q)[:1] == [q.target.event] for q in queries]
 
 

@@ -293,6 +293,7 @@ def _planted_summary(pop, devices, engine, max_events) -> dict | None:
             continue
         hits = engine.personal_hits(d)
         hits["markov"] = markov_hits(by_user[d.user], max_events)
+        hits["best_counting"] = markov_hits(by_user[d.user], max_events, "best_counting")
         for name, per_query in hits.items():
             for kind, h in zip(d.test_kinds, per_query):
                 model.setdefault(name, {k: [] for k in kinds})[kind].append(h)
@@ -406,6 +407,7 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
 
             task = bar.add_task(f"Flower simulation ({cfg.rounds} rounds)", total=None)
             results = run_flower(cfg, devices, labels, results, out_dir)
+            results["habit_scorer"] = {"kind": "not run: the Flower engine trains the LoRA adapter only (use --engine fast)"}
             engine = None
         else:
             engine = FastEngine(cfg, devices, labels, out_dir / ".feature-cache",
