@@ -126,27 +126,20 @@ def train_scorer(cfg: "SimulationConfig", plan: ScorerPlan, devices: Sequence["S
 def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np.ndarray] | None) -> np.ndarray:
     """(held-out queries, labels) log-probabilities of the habit predictor, computed on the device.
 
-    With the federation's shared `weights` (over `labels`, the shared vocabulary): the scorer.
-    Without: the owner's own counts (smoothed mix). A label a predictor cannot score gets its floor.
+    With the federation's shared `weights` (over `labels`, the shared vocabulary): the scorer, unless
+    the device's own counts (smoothed mix) did better on the last 20% of its TRAINING events
+    (`prefers_scorer`: a small or very noisy federation must not make a device worse than counting).
+    Without weights: its own counts. A label a predictor cannot score gets its floor.
     """
-    from personal.habits import HabitStats, ScorerShape, habit_features, logits, query_batch
-
     labels = list(labels)
     if not d.habit_queries:
         return np.zeros((0, len(labels)))
-    if weights is not None:
-        batch = query_batch(d.habit_train, d.habit_queries, ScorerShape(tuple(labels)))
-        z, names = logits(weights, batch), batch.candidates
+    if weights is not None and prefers_scorer(d.habit_train, labels, weights):
+        z, names = _scorer_logits(d.habit_train, d.habit_queries, labels, weights)
     else:
-        stats = HabitStats.from_events(d.habit_train)
-        names = list(stats.vocab)
+        z, names = _mix_logits(d.habit_train, d.habit_queries)
         if not names:
             return np.zeros((len(d.habit_queries), len(labels)))
-        rows = []
-        for q in d.habit_queries:
-            x, _ = habit_features(stats, q.history, q.target.timestamp)
-            rows.append(np.log(np.exp(x[:, [0, 1, 4, 5]]).mean(axis=1)))
-        z = np.stack(rows)
     z = z - z.max(axis=1, keepdims=True)
     z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     pos = {n: i for i, n in enumerate(names)}
@@ -155,6 +148,46 @@ def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np
         if name in pos:
             out[:, j] = z[:, pos[name]]
     return _floor(out)
+
+
+def _scorer_logits(train: list, queries: list, labels: Sequence[str], weights) -> tuple[np.ndarray, list[str]]:
+    from personal.habits import ScorerShape, logits, query_batch
+
+    batch = query_batch(train, queries, ScorerShape(tuple(labels)))
+    return logits(weights, batch), list(batch.candidates)
+
+
+def _mix_logits(train: list, queries: list) -> tuple[np.ndarray, list[str]]:
+    """log of the smoothed mix of the owner's own shares (personal.evaluate.SmoothedMix's score)."""
+    from personal.habits import HabitStats, habit_features
+
+    stats = HabitStats.from_events(train)
+    names = list(stats.vocab)
+    if not names:
+        return np.zeros((len(queries), 0)), names
+    rows = [np.log(np.exp(habit_features(stats, q.history, q.target.timestamp)[0][:, [0, 1, 4, 5]]).mean(axis=1))
+            for q in queries]
+    return np.stack(rows), names
+
+
+def prefers_scorer(train: list, labels: Sequence[str], weights) -> bool:
+    """On the device: does the shared scorer beat its own counts on the last 20% of its training events?
+
+    Fit on the first 80%, top-1 then top-5 on the rest; a tie keeps the scorer. Held-out events are
+    never looked at (the scorer's weights were learnt with these training events among all others, under DP).
+    """
+    from personal.evaluate import chronological_split, topk
+
+    fit, val = chronological_split(train, 0.2)
+    if not fit or not val:
+        return True
+    truths = [q.target.event for q in val]
+    scores = []
+    for z, names in (_scorer_logits(fit, val, labels, weights), _mix_logits(fit, val)):
+        order = np.argsort(-z, axis=1, kind="stable")[:, :5] if names else np.zeros((len(val), 0), int)
+        s = topk([[names[j] for j in row] for row in order], truths)
+        scores.append((s["top1"], s["top5"]))
+    return scores[0] >= scores[1]
 
 
 def _floor(scores: np.ndarray) -> np.ndarray:
