@@ -149,13 +149,14 @@ class FastEngine:
 
         Returns what results.json reports about it (its plan, the epsilon its releases cost).
         """
-        from simulations.habit_sim import train_scorer
+        from simulations.habit_sim import store_weights, train_scorer
 
         if not self.runs_scorer:
             return {}
         ts = time.perf_counter()
         hook = (lambda r, _w: on_round(r)) if on_round else None
         self.scorer_weights, spent = train_scorer(self.cfg, self.scorer_plan, self.devices, self.labels, hook)
+        store_weights(self.devices, self.scorer_weights, self.labels, spent, self.scorer_plan.run.run)
         for user, eps in spent.items():
             self.state[user].epsilon = eps
         values = list(spent.values())

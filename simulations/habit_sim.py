@@ -123,6 +123,21 @@ def train_scorer(cfg: "SimulationConfig", plan: ScorerPlan, devices: Sequence["S
         gates.close()
 
 
+def store_weights(devices: Sequence["SimDevice"], weights: dict[str, np.ndarray], labels: Sequence[str],
+                  spent: dict[str, float], run: str) -> None:
+    """Each device keeps the scorer's final shared weights in its vault (what `suggest --habits` reads)."""
+    import math
+
+    from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, weights_to_bytes
+
+    data = weights_to_bytes(weights, labels)
+    for d in devices:
+        eps = spent.get(d.user)
+        with d.open_gate() as (vault, _gate):
+            vault.put_artefact(d.user, ARTEFACT_KIND, ARTEFACT_NAME, data,
+                               {"run": run, "epsilon": eps if eps is not None and math.isfinite(eps) else None})
+
+
 def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np.ndarray] | None) -> np.ndarray:
     """(held-out queries, labels) log-probabilities of the habit predictor, computed on the device.
 

@@ -122,3 +122,31 @@ def test_cli_summary_shows_the_scorer_and_the_split_and_refuses_a_bad_predictor(
     code, out, err = run_homebody(monkeypatch, capsys, "simulate", "--model", "tiny", "--predictor", "magic",
                                   "--out", str(tmp_path / "bad"))
     assert code != 0 and "--predictor" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_federated_device_keeps_the_shared_weights_and_suggest_uses_them(tmp_path):
+    from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, HabitError, suggest_from_habits, weights_from_bytes
+    from personal.predict import history_before, suggest_from_counts
+    from personal.vault import Vault
+    from simulations.devices import prepare_devices
+    from simulations.habit_sim import scorer_plan, store_weights, train_scorer
+    from simulations.populations import load_population, select_devices
+
+    pop = select_devices(load_population("synthetic", synthetic_devices=4, seed=0), 4)
+    devices = prepare_devices(pop, tmp_path / "vaults", max_events=50)
+    cfg = SimulationConfig(**{**SMALL, "devices": 4}, scorer_rounds=3)
+    plan = scorer_plan(cfg, 4, "run-x")
+    weights, spent = train_scorer(cfg, plan, devices, pop.labels())
+    store_weights(devices, weights, pop.labels(), spent, plan.run.run)
+    d = devices[0]
+    with Vault.open(d.vault_path, d.passphrase) as vault:
+        data, meta = vault.get_artefact(d.user, ARTEFACT_KIND, ARTEFACT_NAME)
+        stored, vocab = weights_from_bytes(data)
+        assert vocab == tuple(pop.labels()) and meta["epsilon"] == pytest.approx(spent[d.user]) and meta["run"] == "run-x-habit-scorer"
+        at = d.habit_queries[0].target.timestamp
+        out = suggest_from_counts(vault, d.user, at, k=3)
+        expected = suggest_from_habits(history_before(vault.events(d.user), at), at, stored, vocab, k=3)
+    assert out.items == expected and "federated habit scorer" in out.privacy
+    for bad in (b"not json", data.replace(b'"w"', b'"x"'), data.replace(b"log_share", b"other")):
+        with pytest.raises(HabitError):
+            weights_from_bytes(bad)
