@@ -12,6 +12,11 @@ and their personalised adapters with `federation.device.evaluate_device`. What m
   spills to disk (`simulations.devices.FeatureCache`);
 - no actors, messages or serialisation between server and devices.
 
+`--mode federated` first learns the habit scorer's shared weights (simulations.habit_sim:
+`federation.habit_round` DP-FedAvg through each device's vault gate) for a share of the user-level
+budget; the LoRA rounds' noise is calibrated with that release as a prior. Every evaluation reports
+the habit predictor, the LoRA model and their combination (`top1` is the configured predictor's).
+
 `--mode local` (local-only personalization) trains each device's own adapter with DP-SGD at
 record level through personal/'s `train_adapter`, a round being `local_epochs` more passes;
 the noise is calibrated once for the whole run, and each round's steps are one release in the
