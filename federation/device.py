@@ -263,11 +263,13 @@ def evaluate_device(
     test: Sequence["Example"],
     config: FederationConfig,
     seed: int = 0,
+    probs_out: dict | None = None,
 ) -> dict[str, float]:
     """Top-1/top-5 of the global adapter and of the personal adapter fine-tuned from it locally.
 
     The personal adapter is trained on the device's own earlier events (never sent anywhere)
-    and scored on its held-out later events.
+    and scored on its held-out later events. `probs_out`, when given, receives the personal
+    model's probabilities ("personal": held-out examples x labels) for on-device combination.
     """
     from personal.training import DPConfig, train_adapter, wrap
 
@@ -286,5 +288,7 @@ def evaluate_device(
                                init=global_adapter)
         model.load_adapter(result.adapter)
         probs = model.predict_proba(texts)
+    if probs_out is not None:
+        probs_out["personal"] = probs
     out.update({"top1": topk_accuracy(probs, labels, targets, 1), "top5": topk_accuracy(probs, labels, targets, 5)})
     return out

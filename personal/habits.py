@@ -350,3 +350,35 @@ def suggest_from_habits(history: Sequence["Event"], at: datetime, weights: dict[
     p = p / p.sum()
     order = np.argsort(-p, kind="stable")[:k]
     return [(names[i], float(p[i])) for i in order]
+
+
+# --------------------------------------------------------------------------- the shared weights on a device
+
+ARTEFACT_KIND, ARTEFACT_NAME = "habit-scorer", "shared"  # where a device keeps the federation's scorer weights
+
+
+def weights_to_bytes(weights: dict[str, np.ndarray], vocabulary: Sequence[str]) -> bytes:
+    """The scorer's shared weights and their vocabulary as JSON bytes (a vault artefact)."""
+    import json
+
+    shape = ScorerShape(tuple(vocabulary))
+    if np.shape(weights.get("b")) != (len(shape.vocabulary),) or np.shape(weights.get("w")) != (shape.n_features,):
+        raise HabitError("shared weights do not match the vocabulary and the features")
+    return json.dumps({"features": list(FEATURES), "vocabulary": list(shape.vocabulary),
+                       "w": [float(x) for x in weights["w"]], "b": [float(x) for x in weights["b"]]}).encode()
+
+
+def weights_from_bytes(data: bytes) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    """Inverse of `weights_to_bytes`; HabitError on anything else (other features, wrong sizes, not JSON)."""
+    import json
+
+    try:
+        doc = json.loads(data.decode())
+        vocab = ScorerShape(tuple(doc["vocabulary"])).vocabulary
+        w, b = np.asarray(doc["w"], np.float32), np.asarray(doc["b"], np.float32)
+        ok = tuple(doc["features"]) == FEATURES and w.shape == (len(FEATURES),) and b.shape == (len(vocab),)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise HabitError(f"not habit-scorer weights: {exc}") from None
+    if not ok or not (np.isfinite(w).all() and np.isfinite(b).all()):
+        raise HabitError("habit-scorer weights with other features, wrong sizes or non-finite values")
+    return {"w": w, "b": b}, vocab

@@ -71,14 +71,25 @@ def suggest_from_counts(vault: "Vault", profile: str, at: datetime | None = None
     """Top-``k`` next events from the owner's own habit counts only (``personal.habits``), no model.
 
     What a device that never federated and never trained has: nothing is released, so there is no
-    privacy cost and no ledger record. (The federated habit scorer's shared weights are not stored
-    on devices yet; when they are, ``suggest_from_habits`` takes them.)
+    privacy cost and no ledger record. A device that took part in a federated run keeps the habit
+    scorer's shared weights as a vault artefact (``personal.habits.ARTEFACT_KIND``); then the scorer
+    ranks its own counts with them (still computed on the device, still nothing released here).
     """
-    from personal.habits import suggest_from_habits
+    from personal.errors import ArtefactNotFound
+    from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, suggest_from_habits, weights_from_bytes
 
     at = at or datetime.now().astimezone()
     events = history_before(vault.events(profile), at)
-    return Suggestions(at, suggest_from_habits(events, at, k=k), "own habit counts on this device (nothing released)")
+    try:
+        data, meta = vault.get_artefact(profile, ARTEFACT_KIND, ARTEFACT_NAME)
+    except ArtefactNotFound:
+        return Suggestions(at, suggest_from_habits(events, at, k=k), "own habit counts on this device (nothing released)")
+    weights, vocab = weights_from_bytes(data)
+    eps = meta.get("epsilon")
+    how = f"user-level ε {eps:.2f}" if isinstance(eps, (int, float)) else "NON-PRIVATE"
+    return Suggestions(at, suggest_from_habits(events, at, weights, vocab, k=k),
+                       f"own habit counts ranked by the federated habit scorer's shared weights ({how}, learnt with "
+                       "DP-FedAvg); the counts never left this device")
 
 
 def habit_summary(events: Sequence["Event"], top: int = 3, recent: int = 5) -> str:

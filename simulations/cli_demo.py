@@ -4,8 +4,10 @@
    events for two people): sealing, no plaintext in the file bytes, rotation, forget, tamper
    detection, wrong passphrase.
 2. The main job: `homebody simulate` on embedded defaults (synthetic owners with planted
-   routines, DP federated + local personalization on minilm-l6, fast engine), then a short
-   results table and where results.json, the plots and the privacy report are.
+   routines, DP federated + local personalization on minilm-l6, fast engine: the habit scorer
+   learnt with user-level DP-FedAvg, then the LoRA rounds, on one split budget), then a short
+   results table (every counting baseline incl. best counting, the habit scorer, the LoRA model,
+   their combination) and where results.json, the plots and the privacy report are.
 """
 
 from __future__ import annotations
@@ -128,14 +130,17 @@ def demo(
     cfg = SimulationConfig(**{**DEMO_DEFAULTS, "model": model, "devices": devices, "synthetic_devices": devices,
                               "rounds": rounds, "max_events": max_events, "out": str(out), "threads": threads or 1,
                               "data_dir": str(data_dir) if data_dir else None})
-    Console().rule(f"[bold]homebody demo: {devices} simulated devices personalize with DP-LoRA ({model})")
+    Console().rule(f"[bold]homebody demo: {devices} simulated devices personalize with a DP habit scorer + DP-LoRA ({model})")
     results = run_simulation(cfg, show_progress=True)
     print_summary(results, out)
     planted = results.get("planted") or {}
     weekly = planted.get("weekly_routines")
     if weekly and weekly["events"]:
         Console().print(f"planted weekly routines ({weekly['events']} held-out events): personalized top-1 "
-                        f"{weekly['personalized_top1']:.3f} vs Markov {weekly['markov_top1']:.3f}")
+                        f"{weekly['personalized_top1']:.3f} vs Markov {weekly['markov_top1']:.3f}"
+                        + "".join(f", {name} {weekly[key]:.3f}" for key, name in (
+                            ("best_counting_top1", "best counting"), ("habit_top1", "habit scorer"),
+                            ("lora_top1", "LoRA alone")) if weekly.get(key) is not None), highlight=False)
     raise typer.Exit(0)
 
 

@@ -31,6 +31,12 @@ def simulate(
     max_events: Optional[int] = typer.Option(None, "--max-events", help="Keep only each device's most recent N events."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a busy machine)."),
     audit_canaries: int = typer.Option(0, "--audit-canaries", help="Add K canary clients (federated, fast engine): an empirical user-level epsilon estimate next to the claim. They change the global adapter: an audit run."),
+    habit_scorer: bool = typer.Option(True, "--habit-scorer/--no-habit-scorer", help="Federated: learn the habit scorer's shared weights with user-level DP-FedAvg (a share of ε)."),
+    scorer_share: float = typer.Option(0.5, "--scorer-share", help="Share of the user-level ε the habit scorer spends (the LoRA rounds get the rest)."),
+    scorer_rounds: int = typer.Option(30, "--scorer-rounds", help="DP-FedAvg rounds of the habit scorer."),
+    scorer_cohort: int = typer.Option(100, "--scorer-cohort", help="Devices per habit-scorer round."),
+    predictor: str = typer.Option("combined", "--predictor", help="What 'personalized' reports: combined (habit scores + LoRA) | habit | lora."),
+    combine_weight: float = typer.Option(1.0, "--combine-weight", help="Weight of the LoRA log-probability in the combined score (fixed, not tuned)."),
 ) -> None:
     """Simulate a population of devices personalizing with DP-LoRA; writes results.json and plots."""
     from simulations.runner import SimulationConfig, run_simulation
@@ -42,7 +48,9 @@ def simulate(
         epsilon=epsilon, delta=delta, non_private=non_private, model=model, engine=engine, mode=mode,
         federation_mode=federation_mode,
         out=str(out), seed=seed, synthetic_devices=synthetic_devices, max_events=max_events, threads=threads,
-        data_dir=str(data_dir) if data_dir else None, audit_canaries=audit_canaries,
+        data_dir=str(data_dir) if data_dir else None, audit_canaries=audit_canaries, habit_scorer=habit_scorer,
+        scorer_share=scorer_share, scorer_rounds=scorer_rounds, scorer_cohort=scorer_cohort, predictor=predictor,
+        combine_weight=combine_weight,
     )
     results = run_simulation(cfg, show_progress=True)
     print_summary(results, out)
@@ -70,8 +78,16 @@ def print_summary(results: dict, out: Path) -> None:
     if final:
         if final.get("global_top1") is not None:
             table.add_row("global adapter", f"{final['global_top1']:.3f}", "")
-        table.add_row("personalized", f"{final['top1']:.3f}", f"{final['top5']:.3f}")
+        for name, label in predictor_rows(results):
+            if final.get(f"{name}_top1") is not None:
+                table.add_row(label, f"{final[f'{name}_top1']:.3f}", _cell(final.get(f"{name}_top5")))
+        table.add_row(f"personalized (= {results['config'].get('predictor', 'lora')})" if final.get("habit_top1") is not None
+                      else "personalized", f"{final['top1']:.3f}", f"{final['top5']:.3f}")
     console.print(table)
+    split = priv.get("budget_split") or {}
+    if split.get("total") is not None:
+        console.print(f"budget split (user-level, {priv.get('accountant')}): habit scorer ε {split['habit_scorer']:.2f}, "
+                      f"LoRA rounds ε {split['lora']:.2f}, composed ε {split['total']:.2f}")
     if priv["private"]:
         console.print(f"privacy: {priv['unit']}-level ε spent max {final['epsilon_max']:.2f} / median "
                       f"{final['epsilon_median']:.2f} at δ={priv['delta']:g} ({priv.get('accountant')} accountant)"
@@ -86,6 +102,21 @@ def print_summary(results: dict, out: Path) -> None:
     if results.get("audit"):
         console.print(f"privacy report: {out / results['audit']['html']}")
     _print_canaries(console, results.get("canary_audit"))
+
+
+def predictor_rows(results: dict) -> list[tuple[str, str]]:
+    """(key, row name) of the habit predictor, the LoRA model and their combination, as this run made them."""
+    cfg, kind = results.get("config", {}), (results.get("habit_scorer") or {}).get("kind", "")
+    if kind == "federated":
+        habit = "habit scorer (NON-PRIVATE DP-FedAvg)" if cfg.get("non_private") else "habit scorer (DP-FedAvg, user-level)"
+    else:
+        habit = "own counts (smoothed mix, on device)"
+    lora = "LoRA personal model" + (" (local DP-SGD)" if cfg.get("mode") == "local" else "")
+    return [("habit", habit), ("lora", lora), ("combined", f"combined (habit + {cfg.get('combine_weight', 1.0):g} x LoRA log-prob)")]
+
+
+def _cell(value) -> str:
+    return "" if value is None else f"{value:.3f}"
 
 
 def _print_canaries(console, est: dict | None) -> None:

@@ -40,6 +40,11 @@ class SimDevice:
     group: str
     test_kinds: list[str] | None = None  # ground truth per held-out example (synthetic only)
     meta: dict = field(default_factory=dict)
+    # The habit statistics' inputs, read back from the vault (they never leave the device): the events
+    # before the first held-out next-event example, and one query per held-out next-event example
+    # (personal.evaluate.Query), in the order of `test`'s labelled examples.
+    habit_train: list = field(default_factory=list)
+    habit_queries: list = field(default_factory=list)
 
     @contextmanager
     def open_gate(self, accountant: str = GATE_ACCOUNTANT) -> Iterator[tuple[object, object]]:
@@ -82,7 +87,21 @@ def prepare_device(dev: Device, folder: Path, history: int, max_events: int | No
     kinds = None
     if planted is not None and len(examples) == len(events):  # one example per event (no text events)
         kinds = list(planted[len(train):])
-    return SimDevice(dev.user, path, passphrase, examples, train, test, len(stored), group_of(dev), kinds)
+    habit_train, habit_queries = habit_split(stored, examples, len(train))
+    return SimDevice(dev.user, path, passphrase, examples, train, test, len(stored), group_of(dev), kinds,
+                     habit_train=habit_train, habit_queries=habit_queries)
+
+
+def habit_split(events: list, examples: list, n_train: int) -> tuple[list, list]:
+    """(training events, held-out queries) aligned with the example split: events_to_examples makes a
+    next-event example per event, then an LM example for an event with text, so each example maps to
+    its event; a query per held-out next-event example, scored from the events before the first one."""
+    from personal.evaluate import Query
+
+    owner = [i for i, ev in enumerate(events) for _ in range(2 if ev.text else 1)]
+    held = [owner[j] for j in range(n_train, len(examples)) if examples[j].label is not None]
+    cut = held[0] if held else len(events)
+    return list(events[:cut]), [Query(events[:i], events[i]) for i in held]
 
 
 def prepare_devices(pop: Population, folder: Path, history: int = 3, max_events: int | None = None,
@@ -119,13 +138,13 @@ def baselines(pop: Population, max_events: int | None = None) -> tuple[dict, dic
     return means, per_user
 
 
-def markov_hits(dev: Device, max_events: int | None = None) -> list[bool]:
-    """Per held-out event: is it the Markov baseline's top-1 (for the planted-routine comparison)?"""
-    from personal.evaluate import Markov, chronological_split
+def markov_hits(dev: Device, max_events: int | None = None, baseline: str = "markov") -> list[bool]:
+    """Per held-out event: is it the baseline's top-1 (Markov, or "best_counting"; planted-routine comparison)?"""
+    from personal.evaluate import COUNTING, BestCounting, chronological_split
 
     events = dev.events[-max_events:] if max_events else dev.events
     train, queries = chronological_split(events, HOLDOUT)
-    model = Markov(train)
+    model = BestCounting(train) if baseline == "best_counting" else COUNTING[baseline](train)
     return [model.rank(q)[:1] == [q.target.event] for q in queries]
 
 

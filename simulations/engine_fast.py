@@ -12,6 +12,11 @@ and their personalised adapters with `federation.device.evaluate_device`. What m
   spills to disk (`simulations.devices.FeatureCache`);
 - no actors, messages or serialisation between server and devices.
 
+`--mode federated` first learns the habit scorer's shared weights (simulations.habit_sim:
+`federation.habit_round` DP-FedAvg through each device's vault gate) for a share of the user-level
+budget; the LoRA rounds' noise is calibrated with that release as a prior. Every evaluation reports
+the habit predictor, the LoRA model and their combination (`top1` is the configured predictor's).
+
 `--mode local` (local-only personalization) trains each device's own adapter with DP-SGD at
 record level through personal/'s `train_adapter`, a round being `local_epochs` more passes;
 the noise is calibrated once for the whole run, and each round's steps are one release in the
@@ -39,8 +44,12 @@ from privacy.randomness import SEEDED
 MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round and evaluate_device use
 
 
-def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int = 0):
+def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int = 0, prior: tuple = ()):
     """The FederationConfig a simulation runs with: noise calibrated to the user-level target.
+
+    `prior`: user-level releases every device is charged before the LoRA rounds (the habit
+    scorer's, simulations.habit_sim): the LoRA noise is calibrated so that they and the LoRA
+    rounds together cost at most the target.
 
     In "secagg" mode each of the K devices of a cohort adds sigma*C/sqrt(K), so the sum the server
     uses carries sigma*C (the secure-aggregation protocol itself is not simulated: both engines'
@@ -50,7 +59,7 @@ def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int =
 
     k = min(n_devices, cfg.devices_per_round or n_devices)
     q = k / n_devices
-    z = 0.0 if cfg.non_private else user_noise(cfg.epsilon, q, cfg.rounds, cfg.delta)
+    z = 0.0 if cfg.non_private else user_noise(cfg.epsilon, q, cfg.rounds, cfg.delta, tuple(prior))
     return FederationConfig(
         rounds=cfg.rounds, mode=cfg.federation_mode, secagg_min_devices=max(1, k), clip_norm=cfg.update_clip,
         noise_multiplier=z, delta=cfg.delta,
@@ -63,12 +72,12 @@ def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int =
 
 
 @lru_cache(maxsize=256)
-def user_noise(epsilon: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """Noise multiplier so that `rounds` rounds at cohort rate q cost `epsilon` (user level)."""
+def user_noise(epsilon: float, sample_rate: float, rounds: int, delta: float, prior: tuple = ()) -> float:
+    """Noise multiplier so that `rounds` rounds at cohort rate q, after the `prior` releases, cost `epsilon` (user level)."""
     from privacy.accountant import noise_for_epsilon
     from simulations.devices import GATE_ACCOUNTANT
 
-    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, rounds, delta, accountant=GATE_ACCOUNTANT))
+    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, rounds, delta, accountant=GATE_ACCOUNTANT, prior=prior))
 
 
 @lru_cache(maxsize=1024)
@@ -107,9 +116,16 @@ class FastEngine:
         from federation.device import initial_adapter, lora_settings, shared_base
         from personal.training import wrap
 
+        from simulations.habit_sim import scorer_plan
+
         self.cfg, self.devices, self.labels = cfg, list(devices), list(labels)
         self.tick = tick or (lambda n: None)
-        self.fcfg = federation_config(cfg, len(self.devices), len(self.labels))
+        self.run_id = f"simulation-{uuid.uuid4().hex[:12]}"  # ledgers charge rounds per run
+        # Federated: the habit scorer's DP-FedAvg run takes its share of the user-level budget first.
+        self.scorer_plan = scorer_plan(cfg, len(self.devices), self.run_id) if self.runs_scorer else None
+        self.scorer_weights: dict | None = None
+        self.fcfg = federation_config(cfg, len(self.devices), len(self.labels),
+                                      self.scorer_plan.prior if self.scorer_plan else ())
         self.base = shared_base(cfg.model, self.fcfg.lora_r)
         self.pm = wrap(self.base, lora_settings(self.fcfg))
         # A caller running several configurations on the same devices may share one cache.
@@ -120,7 +136,6 @@ class FastEngine:
         self.index = {d.user: i for i, d in enumerate(self.devices)}
         self.global_adapter = initial_adapter(self.base, self.labels, self.fcfg) if cfg.mode == "federated" else None
         self.canaries = _canary_clients(cfg, self.global_adapter)  # None unless --audit-canaries (issue 17)
-        self.run_id = f"simulation-{uuid.uuid4().hex[:12]}"  # ledgers charge rounds per run
         self.rng = random.Random(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
         self.participations: dict[str, int] = {}
@@ -128,7 +143,31 @@ class FastEngine:
         self.encode_seconds = 0.0
         self.train_examples_seen = 0
 
+    @property
+    def runs_scorer(self) -> bool:
+        """Federated runs learn the habit scorer's shared weights (unless --no-habit-scorer)."""
+        return self.cfg.mode == "federated" and self.cfg.habit_scorer
+
     # -- setup ----------------------------------------------------------------------------
+    def train_scorer(self, on_round: Callable[[int], None] | None = None) -> dict:
+        """Federated: the habit scorer's DP-FedAvg run over every device, before the LoRA rounds.
+
+        Returns what results.json reports about it (its plan, the epsilon its releases cost).
+        """
+        from simulations.habit_sim import store_weights, train_scorer
+
+        if not self.runs_scorer:
+            return {}
+        ts = time.perf_counter()
+        hook = (lambda r, _w: on_round(r)) if on_round else None
+        self.scorer_weights, spent = train_scorer(self.cfg, self.scorer_plan, self.devices, self.labels, hook)
+        store_weights(self.devices, self.scorer_weights, self.labels, spent, self.scorer_plan.run.run)
+        for user, eps in spent.items():
+            self.state[user].epsilon = eps
+        values = list(spent.values())
+        return self.scorer_plan.to_json() | {"epsilon_max": max(values, default=0.0), "wall_s": time.perf_counter() - ts,
+                                              "weights_w": [float(x) for x in self.scorer_weights["w"]]}
+
     def encode(self, devices: Sequence[SimDevice]) -> None:
         """Encode these devices' train and test texts through the frozen layers, batched across devices.
 
@@ -233,12 +272,40 @@ class FastEngine:
         out = []
         for d in cohort:
             ts = time.perf_counter()
-            m = evaluate_device(self.base, self.global_adapter, d.train, d.test, self.fcfg, seed=self.cfg.seed + r)
+            probs: dict = {}
+            m = evaluate_device(self.base, self.global_adapter, d.train, d.test, self.fcfg, seed=self.cfg.seed + r,
+                                probs_out=probs)
             self.train_seconds += time.perf_counter() - ts
             self.train_examples_seen += len(d.train) * self.fcfg.personal_epochs
+            m |= self._with_habits(d, self.global_adapter.labels, probs.get("personal"), m)
             self.state[d.user].last_eval = m
             out.append(m)
         return out
+
+    def _habit_weights(self):
+        """The scorer's shared weights (federated) or None: each device's own counts (local, or no scorer)."""
+        return self.scorer_weights if self.runs_scorer else None
+
+    def _hits(self, d: SimDevice, labels: Sequence[str], probs) -> dict | None:
+        """Per predictor (habit, lora, combined): top-1/top-5 hits on the device's held-out events."""
+        from simulations.habit_sim import habit_log_probs, predictor_hits
+
+        test = [e for e in d.test if e.label is not None]
+        if probs is None or not test or len(d.habit_queries) != len(test):
+            return None
+        if self.runs_scorer and self.scorer_weights is None:
+            return None  # the scorer has not run (an engine driven without train_scorer)
+        habit = habit_log_probs(d, labels, self._habit_weights())
+        return predictor_hits(habit, probs, labels, [e.label for e in test], self.cfg.combine_weight)
+
+    def _with_habits(self, d: SimDevice, labels: Sequence[str], probs, m: dict) -> dict:
+        """The LoRA model's numbers kept as lora_top1/5; top1/top5 become the configured predictor's."""
+        from simulations.habit_sim import metrics
+
+        hits = self._hits(d, labels, probs)
+        if hits is None:
+            return {"lora_top1": m.get("top1"), "lora_top5": m.get("top5")}
+        return metrics(hits, self.cfg.predictor)
 
     # -- local only -----------------------------------------------------------------------
     def _local_round(self, r: int) -> RoundResult:
@@ -261,6 +328,7 @@ class FastEngine:
             targets = [e.label for e in test]
             m = {"top1": topk_accuracy(probs, labels, targets, 1), "top5": topk_accuracy(probs, labels, targets, 5),
                  "num-test": float(len(test))}
+            m |= self._with_habits(d, labels, probs, m)
             st.last_eval = m
             evals.append(m)
             self.tick(1)
@@ -304,6 +372,11 @@ class FastEngine:
     def _round_result(self, r: int, evals: list[dict], nbytes: list[int], extra: dict) -> RoundResult:
         eps = [s.epsilon for s in self.state.values() if s.rounds > 0 or s.epsilon > 0]
         e_max, e_med = epsilon_stats(eps)
+        for name in ("habit", "lora", "combined"):
+            for k in (1, 5):
+                values = [e[f"{name}_top{k}"] for e in evals if e.get(f"{name}_top{k}") is not None]
+                if values:
+                    extra[f"{name}_top{k}"] = _mean(values)
         return RoundResult(
             round=r, top1=_mean([e["top1"] for e in evals]), top5=_mean([e["top5"] for e in evals]),
             global_top1=_mean([e["global-top1"] for e in evals]) if self.cfg.mode == "federated" else None,
@@ -311,9 +384,11 @@ class FastEngine:
             bytes_up_per_device=float(statistics.mean(nbytes)) if nbytes else 0.0, wall_s=0.0, extra=extra,
         )
 
-    def personal_hits(self, d: SimDevice) -> list[bool]:
-        """Per held-out example: is the device's personalised model's top-1 right? (planted-routine check)
+    def personal_hits(self, d: SimDevice) -> dict[str, list[bool]]:
+        """Per held-out example: is each predictor's top-1 right? (planted-routine check)
 
+        "personalized" is the configured predictor (the number results.json reports as top1); "lora",
+        "habit" and "combined" are there when the habit statistics line up with the examples.
         Federated: the same personalization `evaluate_device` does (fine-tune from the final global);
         local: the device's own adapter.
         """
@@ -330,11 +405,16 @@ class FastEngine:
         else:
             adapter = self.state[d.user].adapter
             if adapter is None:
-                return [False] * len(test)
+                return {"personalized": [False] * len(test)}
         self.pm.load_adapter(adapter)
         probs = self.pm.predict_proba([e.text for e in test], max_length=MAX_LENGTH)
         best = np.argmax(probs, axis=1)
-        return [adapter.labels[i] == e.label for i, e in zip(best, test)]
+        lora = [adapter.labels[i] == e.label for i, e in zip(best, test)]
+        hits = self._hits(d, adapter.labels, probs)
+        if hits is None:
+            return {"personalized": lora, "lora": lora}
+        out = {name: by_k[1] for name, by_k in hits.items()}
+        return out | {"personalized": out[self.cfg.predictor]}
 
     def canary_estimate(self) -> dict | None:
         """The canary clients' user-level epsilon estimates next to the claim (None without canaries)."""
@@ -351,7 +431,9 @@ class FastEngine:
             rows.append({"user": d.user, "events": d.n_events, "group": d.group, "epsilon": st.epsilon,
                          "rounds": st.rounds, "declined": st.declined,
                          "top1": st.last_eval.get("top1"), "top5": st.last_eval.get("top5"),
-                         "global_top1": st.last_eval.get("global-top1")})
+                         "global_top1": st.last_eval.get("global-top1"),
+                         **{f"{name}_top{k}": st.last_eval.get(f"{name}_top{k}")
+                            for name in ("habit", "lora", "combined") for k in (1, 5)}})
         return rows
 
     def close(self) -> None:

@@ -32,13 +32,16 @@ def _unit(results: dict) -> str:
 
 
 def plot_accuracy_per_round(results: dict, path: Path) -> Path:
-    """Personalized top-1 (and global top-1) per round, with the two baselines as flat lines."""
+    """Personalized top-1 (and global, habit-predictor and LoRA top-1) per round, with baselines as flat lines."""
     plt, fig, ax = _figure()
     rounds = results.get("rounds", [])
     xs = [r["round"] for r in rounds]
     ax.plot(xs, [r["top1"] for r in rounds], "o-", label="personalized top-1")
     if any(r.get("global_top1") is not None for r in rounds):
         ax.plot(xs, [r.get("global_top1") for r in rounds], "s--", label="global adapter top-1")
+    for key, style, name in (("habit_top1", "^-", "habit predictor top-1"), ("lora_top1", "v:", "LoRA model top-1")):
+        if rounds and all(r.get(key) is not None for r in rounds):
+            ax.plot(xs, [r[key] for r in rounds], style, label=name)
     base = results.get("baselines", {})
     for key, style, color, name in (("most_frequent_top1", ":", "grey", "most frequent"), ("markov_top1", "-.", "black", "Markov"),
                                     ("best_counting_top1", "--", "tab:red", "best counting")):
@@ -66,6 +69,9 @@ def plot_accuracy_vs_epsilon(results: dict, path: Path) -> Path:
     if finite:
         ax.plot([r["epsilon_median"] for r in finite], [r["top1"] for r in finite], "o-",
                 label=f"this run (median {_unit(results)})")
+        if all(r.get("habit_top1") is not None for r in finite):
+            ax.plot([r["epsilon_median"] for r in finite], [r["habit_top1"] for r in finite], "^-",
+                    label="habit predictor (this run)")
     for name, points in results.get("sweep", {}).items():
         pts = sorted((p["epsilon"], p["top1"]) for p in points if math.isfinite(p["epsilon"]))
         if pts:

@@ -72,6 +72,19 @@ class SimulationConfig:
     threads: int = 1
     # Canary clients (federation/canary.py, issue 17): 0 = none, the global adapter is untouched by any.
     audit_canaries: int = 0
+    # The habit scorer (personal.habits; simulations.habit_sim). Federated (fast engine): its shared
+    # weights are learnt with user-level DP-FedAvg before the LoRA rounds, for `scorer_share` of the
+    # user-level epsilon (the LoRA rounds get the rest: calibrated with the scorer's release as a
+    # prior). Local: each device's own counts, no release.
+    habit_scorer: bool = True
+    scorer_share: float = 0.5
+    scorer_rounds: int = 30
+    scorer_cohort: int = 100
+    scorer_clip: float = 0.5
+    # The suggestion `top1`/`top5` report: "combined" (habit scores + combine_weight x the LoRA
+    # model's log-probability), "habit" or "lora". combine_weight is fixed a priori, never tuned on held-out events.
+    predictor: str = "combined"
+    combine_weight: float = 1.0
 
     def validate(self) -> None:
         """Raise BadSimulationConfig with one clear line for any setting out of range."""
@@ -93,6 +106,17 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--epsilon must be a positive number (got {self.epsilon}); use --non-private for none")
         if not 0 < self.delta < 1:
             raise BadSimulationConfig(f"--delta must be in (0, 1) (got {self.delta})")
+        if self.predictor not in ("combined", "habit", "lora"):
+            raise BadSimulationConfig(f"--predictor must be combined, habit or lora (got {self.predictor!r})")
+        if not 0 < self.scorer_share < 1:
+            raise BadSimulationConfig(f"--scorer-share must be in (0, 1) (got {self.scorer_share})")
+        if self.scorer_rounds < 1 or self.scorer_cohort < 1:
+            raise BadSimulationConfig(f"--scorer-rounds and --scorer-cohort must be at least 1 "
+                                      f"(got {self.scorer_rounds}, {self.scorer_cohort})")
+        if not (self.scorer_clip > 0 and math.isfinite(self.scorer_clip)):
+            raise BadSimulationConfig(f"--scorer-clip must be a positive number (got {self.scorer_clip})")
+        if not (self.combine_weight >= 0 and math.isfinite(self.combine_weight)):
+            raise BadSimulationConfig(f"--combine-weight must be 0 or more (got {self.combine_weight})")
         if self.threads < 1:
             raise BadSimulationConfig(f"--threads must be at least 1 (got {self.threads})")
         if self.audit_canaries and (self.audit_canaries < 2 or self.mode != "federated" or self.engine != "fast"
@@ -262,20 +286,27 @@ def _planted_summary(pop, devices, engine, max_events) -> dict | None:
     from simulations.devices import markov_hits
 
     by_user = {d.user: d for d in pop.devices}
-    model, markov = {"weekly": [], "daily": [], "": []}, {"weekly": [], "daily": [], "": []}
+    kinds = ("weekly", "daily", "")
+    model: dict[str, dict[str, list]] = {}  # predictor -> kind -> hits
     for d in devices:
         if d.test_kinds is None:
             continue
         hits = engine.personal_hits(d)
-        mk = markov_hits(by_user[d.user], max_events)
-        for kind, h, m in zip(d.test_kinds, hits, mk):
-            model[kind].append(h)
-            markov[kind].append(m)
-    if not model["weekly"] and not model["daily"]:
+        hits["markov"] = markov_hits(by_user[d.user], max_events)
+        hits["best_counting"] = markov_hits(by_user[d.user], max_events, "best_counting")
+        for name, per_query in hits.items():
+            for kind, h in zip(d.test_kinds, per_query):
+                model.setdefault(name, {k: [] for k in kinds})[kind].append(h)
+    if not model or (not model["personalized"]["weekly"] and not model["personalized"]["daily"]):
         return None
     names = {"weekly": "weekly_routines", "daily": "daily_schedule", "": "unplanned"}
-    return {names[k]: {"events": len(model[k]), "personalized_top1": sum(model[k]) / max(1, len(model[k])),
-                       "markov_top1": sum(markov[k]) / max(1, len(markov[k]))} for k in model}
+    out = {}
+    for k in kinds:
+        row = {"events": len(model["personalized"][k])}
+        for name, by_kind in model.items():
+            row[f"{name}_top1"] = sum(by_kind[k]) / max(1, len(by_kind[k]))
+        out[names[k]] = row
+    return out
 
 
 def _groups(rows: list[dict], per_user_base: dict) -> dict:
@@ -291,6 +322,9 @@ def _groups(rows: list[dict], per_user_base: dict) -> dict:
             "top1": statistics.fmean(r["top1"] for r in sel),
             "top5": statistics.fmean(r["top5"] for r in sel),
             "global_top1": statistics.fmean(r["global_top1"] for r in sel) if all(r.get("global_top1") is not None for r in sel) else None,
+            **{f"{name}_top{k}": statistics.fmean(r[f"{name}_top{k}"] for r in sel)
+               for name in ("habit", "lora", "combined") for k in (1, 5)
+               if all(r.get(f"{name}_top{k}") is not None for r in sel)},
             **{f"{name}_top1": statistics.fmean(per_user_base[u][name]["top1"] for u in users)
                for name in per_user_base[users[0]]},  # every counting baseline (personal.evaluate.BASELINES)
         }
@@ -373,11 +407,15 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
 
             task = bar.add_task(f"Flower simulation ({cfg.rounds} rounds)", total=None)
             results = run_flower(cfg, devices, labels, results, out_dir)
+            results["habit_scorer"] = {"kind": "not run: the Flower engine trains the LoRA adapter only (use --engine fast)"}
             engine = None
         else:
             engine = FastEngine(cfg, devices, labels, out_dir / ".feature-cache",
                                 tick=lambda n: bar.advance(task, n), cache=feature_cache)
             results["privacy"]["noise_multiplier"] = engine.fcfg.noise_multiplier if cfg.mode == "federated" else None
+            results["habit_scorer"] = _habit_scorer(cfg, engine, bar)
+            if engine.scorer_plan is not None:
+                results["privacy"]["budget_split"] = _budget_split(cfg, engine)
             results["timing"] = {"setup_s": time.perf_counter() - t_start}
             per_round = len(engine.cohort()) if cfg.devices_per_round else len(devices)
             task = bar.add_task("round 1", total=per_round)
@@ -413,6 +451,34 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     return results
 
 
+def _habit_scorer(cfg: SimulationConfig, engine, bar) -> dict:
+    """Federated: run the habit scorer's DP-FedAvg (a progress line per round); what results.json says about it."""
+    if engine.runs_scorer:
+        task = bar.add_task(f"habit scorer: DP-FedAvg, {cfg.scorer_rounds} rounds", total=cfg.scorer_rounds)
+        return {"kind": "federated", "predictor": cfg.predictor, "combine_weight": cfg.combine_weight,
+                **engine.train_scorer(lambda r: bar.advance(task, 1))}
+    kind = "own counts (smoothed mix), no release" if cfg.mode == "local" else "off"
+    return {"kind": kind, "predictor": cfg.predictor, "combine_weight": cfg.combine_weight}
+
+
+def _budget_split(cfg: SimulationConfig, engine) -> dict:
+    """The user-level budget split between the habit scorer and the LoRA rounds, as the accountant states it."""
+    from federation.device import round_mechanism
+    from privacy.accountant import compute_epsilon
+    from simulations.devices import GATE_ACCOUNTANT
+
+    if cfg.non_private:
+        return {"habit_scorer": None, "lora": None, "total": None}
+    prior = list(engine.scorer_plan.prior)
+    k = min(len(engine.devices), cfg.devices_per_round or len(engine.devices))
+    lora = round_mechanism(engine.fcfg, k / len(engine.devices), cfg.rounds)
+    return {"habit_scorer": compute_epsilon(prior, cfg.delta, GATE_ACCOUNTANT),
+            "lora": compute_epsilon([lora], cfg.delta, GATE_ACCOUNTANT),
+            "total": compute_epsilon(prior + [lora], cfg.delta, GATE_ACCOUNTANT),
+            "note": (f"the habit scorer's noise is calibrated for {cfg.scorer_share:g} x ε, then the LoRA rounds' noise "
+                     "for the whole ε with the scorer's release as a prior: every ledger composes both")}
+
+
 def _throughput(results: dict, engine) -> dict:
     """Device-rounds per minute over the rounds, and the training share of the time."""
     rounds_s = sum(r["wall_s"] for r in results["rounds"])
@@ -431,9 +497,10 @@ def _stated_epsilons(cfg: SimulationConfig, results: dict) -> dict:
         return {
             "user_epsilon": final.get("epsilon_max", 0.0),
             "record_epsilon": final.get("epsilon_max", 0.0),
-            "record_note": ("user-level DP covers every record of a device, so the shared adapter is also "
-                            "record-level DP at the same epsilon; the personal adapter is fine-tuned on the "
-                            "device without DP-SGD and never leaves its vault"),
+            "record_note": ("user-level DP covers every record of a device, so the shared adapter (and the habit "
+                            "scorer's shared weights, when learnt) are also record-level DP at the same epsilon; the "
+                            "personal adapter is fine-tuned on the device without DP-SGD and the habit statistics are "
+                            "counted on the device: neither leaves its vault"),
         }
     return {"record_epsilon": final.get("epsilon_max", 0.0), "user_epsilon": None,
             "record_note": "local-only: nothing leaves the device; the local adapter is DP-SGD at record level"}

@@ -28,6 +28,8 @@ from simulations.runner import BadSimulationConfig, SimulationConfig, finished_r
 
 TABLE_MD, TABLE_JSON, PLOT = "table.md", "table.json", "accuracy_vs_epsilon.png"
 MODES = ("local", "federated")
+# results.json's per-predictor keys (simulations.habit_sim): not baselines.
+PREDICTOR_KEYS = ("habit_top1", "lora_top1", "combined_top1")
 # Names for the baseline keys results.json carries ("<name>_top1"); an unknown key shows as-is.
 BASELINE_NAMES = {
     "most_frequent": "most frequent",
@@ -146,15 +148,18 @@ def run_row(mode: str, eps: Optional[float], res: dict) -> dict:
     groups = {}
     for name, g in (res.get("groups") or {}).items():
         base = {k[: -len("_top1")]: v for k, v in g.items()
-                if k.endswith("_top1") and k not in ("top1", "global_top1") and v is not None}
+                if k.endswith("_top1") and k not in ("top1", "global_top1") + PREDICTOR_KEYS and v is not None}
         best = max(base, key=base.get) if base else None
         groups[name] = {"devices": g["devices"], "top1": g["top1"], "top5": g.get("top5"),
+                        "habit_top1": g.get("habit_top1"), "lora_top1": g.get("lora_top1"),
                         "baselines": base, "best_baseline": best}
     spent = [d["epsilon"] for d in res.get("devices", []) if d.get("epsilon") is not None]
     return {
         "mode": mode, "epsilon": eps, "unit": cfg.get("epsilon_unit"), "private": eps is not None,
         "status": res.get("status"), "rounds": cfg.get("rounds"), "devices_per_round": cfg.get("devices_per_round"),
         "top1": final.get("top1"), "top5": final.get("top5"), "global_top1": final.get("global_top1"),
+        "predictor": cfg.get("predictor", "lora"),
+        **{f"{name}_top{k}": final.get(f"{name}_top{k}") for name in ("habit", "lora", "combined") for k in (1, 5)},
         "epsilon_spent_max": max(spent) if spent else final.get("epsilon_max"),
         "epsilon_spent_median": final.get("epsilon_median"),
         "epsilon_spent_min": min(spent) if spent else None,
@@ -179,15 +184,20 @@ def markdown(table: dict) -> str:
     """The table as Markdown: baselines first, then every configuration, then groups."""
     lines = [f"# {table['dataset']}: privacy–utility table ({table['devices']} devices)", "",
              "Macro mean over devices of top-k accuracy on each device's held-out events (the last 20%).", "",
-             "| model | privacy | rounds | top-1 | top-5 | global adapter top-1 |", "|---|---|---|---|---|---|"]
+             "top-1/top-5 is the run's personalized suggestion (its predictor); habit = the habit scorer "
+             "(federated, DP-FedAvg) or the device's own counts (local); LoRA = the personal LoRA model alone.", "",
+             "| model | privacy | rounds | top-1 | top-5 | habit top-1 | habit top-5 | LoRA top-1 | global adapter top-1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for b in table["baselines"]:
-        lines.append(f"| {b['name']} (baseline) | – | | {_num(b['top1'])} | {_num(b['top5'])} | |")
+        lines.append(f"| {b['name']} (baseline) | – | | {_num(b['top1'])} | {_num(b['top5'])} | | | | |")
     for r in table["runs"]:
         name = "local only" if r["mode"] == "local" else "federated + local"
         rounds = f"{r['rounds']}" + (f" × {r['devices_per_round']} devices" if r["devices_per_round"] else "")
         if r["status"] != "complete":
             rounds += f" ({r['status']})"
+        name += f" ({r.get('predictor', 'lora')})"
         lines.append(f"| {name} | {_privacy_cell(r)} | {rounds} | {_num(r['top1'])} | {_num(r['top5'])} | "
+                     f"{_num(r.get('habit_top1'))} | {_num(r.get('habit_top5'))} | {_num(r.get('lora_top1'))} | "
                      f"{_num(r['global_top1'])} |")
     group_names = sorted({g for r in table["runs"] for g in r["groups"]})
     if group_names:
