@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from personal.adapter import Adapter
     from personal.examples import Example
     from personal.models import BaseModel
+    from privacy.accountant import SubsampledGaussian
     from privacy.budget import ReleaseGate
 
 USER = "user"
@@ -195,14 +196,7 @@ def train_round(
     from personal.training import DPConfig, train_adapter
 
     device = device or DeviceRound(device_id="device", round=1)
-    private = config.noise_multiplier > 0
-    charged = rounds_to_charge(device) if private else 1
-    mech = round_mechanism(config, device.sample_rate, charged)
-    if device.gate is not None and private:
-        from privacy.budget import check_rng
-
-        check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # a real device refuses seeded noise, before any work
-        _check_budget(device, mech)
+    private, charged, mech = admit_round(device, config)
     result = train_adapter(base, examples, global_adapter.labels, train_config(config, config.local_epochs, device.seed),
                            DPConfig.non_private(), init=global_adapter)
     spec = spec_of(global_adapter.tensors)
@@ -227,6 +221,21 @@ def train_round(
         )
         epsilon = float(record.epsilon)
     return RoundResult(decode(wire), wire, epsilon, raw_norm, len(examples))
+
+
+def admit_round(device: DeviceRound, config: FederationConfig) -> tuple[bool, int, "SubsampledGaussian"]:
+    """Before any work: (private?, rounds this release charges, its mechanism). A gated private round
+    also passes the gate's randomness check (a real device refuses seeded noise) and budget check
+    (DeviceDeclined when spent). Every device round (LoRA, habit scorer) starts here."""
+    private = config.noise_multiplier > 0
+    charged = rounds_to_charge(device) if private else 1
+    mech = round_mechanism(config, device.sample_rate, charged)
+    if device.gate is not None and private:
+        from privacy.budget import check_rng
+
+        check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)
+        _check_budget(device, mech)
+    return private, charged, mech
 
 
 def _check_budget(device: DeviceRound, mech) -> None:

@@ -35,10 +35,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from federation.config import FederationConfig
-from federation.device import (MECHANISM, USER, DeviceRound, RoundResult, _check_budget, round_mechanism,
-                               rounds_to_charge, settle_run)
+from federation.device import MECHANISM, USER, DeviceRound, RoundResult, admit_round, settle_run
 from federation.update import Arrays, build_update, check_update, decode, encode, spec_of
-from privacy.budget import check_rng
 from privacy.randomness import OS_CSPRNG, SEEDED, rng_kind
 
 if TYPE_CHECKING:
@@ -57,12 +55,7 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
     from personal.habits import local_update
 
     device = device or DeviceRound(device_id="device", round=1)
-    private = config.noise_multiplier > 0
-    charged = rounds_to_charge(device) if private else 1
-    mech = round_mechanism(config, device.sample_rate, charged)
-    if device.gate is not None and private:
-        check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # a real device refuses seeded noise, before any work
-        _check_budget(device, mech)
+    private, charged, mech = admit_round(device, config)
     weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     delta = local_update(weights, batch, config.local_epochs, config.local_lr)
     spec = spec_of(weights)

@@ -158,7 +158,7 @@ def gate_calls(source: str) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for owner, call in _calls(ast.parse(source)):
         name = _callee(call)
-        if name in ("check", "_check_budget") or _is_gate_commit(call):
+        if name in ("check", "_check_budget", "admit_round") or _is_gate_commit(call):
             out.setdefault(owner, set()).add("commit" if _is_gate_commit(call) else "check")
     return out
 
