@@ -524,19 +524,13 @@ class Assistant:
     def _chat_model(self) -> tuple["BaseModel", str | None]:
         """The chat base with the owner's adapter loaded (or cleared), for chit-chat and model phrasing."""
         from personal.models import CAUSAL
-        from personal.training import TrainingError, wrap
+        from personal.predict import use_adapter
+        from personal.training import TrainingError
 
         base = self._base(self.config.chat_name)
         if base.kind != CAUSAL:
             raise TrainingError(f"chat needs a causal (generative) base such as smollm2-135m, not {base.name}")
-        adapter = self._chat_adapter(base)
-        if adapter is None:
-            for pm in base.wrapped.values():  # an adapter loaded earlier must not leak into this answer
-                pm.clear()
-            return base, None
-        pm = wrap(base, adapter.lora)
-        pm.load_adapter(adapter)
-        return base, adapter.sha256()
+        return base, use_adapter(base, self._chat_adapter(base))
 
     def _chat_adapter(self, base: "BaseModel") -> Any:
         """The owner's adapter for the chat base, or None (cached until events or adapters change)."""

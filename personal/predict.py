@@ -22,6 +22,7 @@ from personal.personalize import load_adapter
 from personal.training import TrainingError, wrap
 
 if TYPE_CHECKING:
+    from personal.adapter import Adapter
     from personal.vault import Event, Vault
 
 
@@ -199,9 +200,17 @@ def _chat_model(vault: "Vault", profile: str, base: BaseModel) -> tuple[BaseMode
     try:
         adapter = load_adapter(vault, profile, base)
     except (ArtefactNotFound, ProfileNotFound):
-        for pm in base.wrapped.values():  # an adapter loaded earlier must not leak into this answer
+        adapter = None
+    return base, use_adapter(base, adapter)
+
+
+def use_adapter(base: "BaseModel", adapter: "Adapter | None") -> str | None:
+    """Load ``adapter`` into ``base`` for the next generation and return its SHA-256; with None,
+    clear every adapter loaded earlier (it must not leak into this answer) and return None."""
+    if adapter is None:
+        for pm in base.wrapped.values():
             pm.clear()
-        return base, None
+        return None
     pm = wrap(base, adapter.lora)
     pm.load_adapter(adapter)
-    return base, adapter.sha256()
+    return adapter.sha256()
