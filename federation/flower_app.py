@@ -238,16 +238,21 @@ class VaultSource:
         if env not in os.environ:
             raise FederationSetupError(f"the device's vault passphrase is not in ${env}")
         vault = Vault.open(str(cfg["vault"]), os.environ[env])
-        profile = str(cfg.get("profile", "default"))
-        examples = events_to_examples(vault.events(profile), history=self.history)
-        train, test = split_examples(examples, self.holdout)
-        signer = vault.signing_key()
-        gate = ReleaseGate(vault.db, signer=signer)
+        try:  # the handle owns the vault from here on; until it exists, a failure must close it
+            profile = str(cfg.get("profile", "default"))
+            examples = events_to_examples(vault.events(profile), history=self.history)
+            train, test = split_examples(examples, self.holdout)
+            signer = vault.signing_key()
+            gate = ReleaseGate(vault.db, signer=signer)
+        except BaseException:
+            vault.close()
+            raise
         return DeviceHandle(device_identity(signer.public_key()), train, test, gate, profile, vault.close)
 
 
-class FederationSetupError(Exception):
-    """A ClientApp cannot find its device (raised inside Flower, which reports it to the server)."""
+class FederationSetupError(HomebodyError):
+    """A federation run cannot start or finish: a ClientApp cannot find its device (raised inside
+    Flower, which reports it to the server), or a Flower simulation failed."""
 
 
 @dataclass
@@ -699,5 +704,18 @@ def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, nu
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
-    flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
+    try:
+        flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
+    except HomebodyError:
+        raise  # the ServerApp's own error (an unknown base...), re-raised by Flower: already one line for a user
+    except Exception as exc:  # Flower re-raises the ServerApp's errors and wraps its runtime's crashes
+        LOG.debug("the Flower simulation failed", exc_info=True)
+        raise FederationSetupError(f"the Flower simulation failed: {_root_cause(exc)}") from exc
     return sink[0] if sink else None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause of a (chained) exception, as `Type: message` on one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
