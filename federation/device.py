@@ -202,7 +202,7 @@ def train_round(
         from privacy.budget import check_rng
 
         check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # a real device refuses seeded noise, before any work
-        _check_budget(device, mech)
+        check_budget(device, mech)
     result = train_adapter(base, examples, global_adapter.labels, train_config(config, config.local_epochs, device.seed),
                            DPConfig.non_private(), init=global_adapter)
     spec = spec_of(global_adapter.tensors)
@@ -229,7 +229,8 @@ def train_round(
     return RoundResult(decode(wire), wire, epsilon, raw_norm, len(examples))
 
 
-def _check_budget(device: DeviceRound, mech) -> None:
+def check_budget(device: DeviceRound, mech) -> None:
+    """The device gate's check for one round; a spent budget becomes a `DeviceDeclined` the server may read."""
     from privacy.budget import BudgetExhausted
 
     try:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from federation.config import FederationConfig
-from federation.device import (MECHANISM, USER, DeviceRound, RoundResult, _check_budget, round_mechanism,
+from federation.device import (MECHANISM, USER, DeviceRound, RoundResult, check_budget, round_mechanism,
                                rounds_to_charge, settle_run)
 from federation.update import Arrays, build_update, check_update, decode, encode, spec_of
 from privacy.budget import check_rng
@@ -62,7 +62,7 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
     mech = round_mechanism(config, device.sample_rate, charged)
     if device.gate is not None and private:
         check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)  # a real device refuses seeded noise, before any work
-        _check_budget(device, mech)
+        check_budget(device, mech)
     weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     delta = local_update(weights, batch, config.local_epochs, config.local_lr)
     spec = spec_of(weights)

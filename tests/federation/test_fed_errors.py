@@ -37,7 +37,7 @@ def _open_fds_on(path: Path) -> list[str]:
 def test_vault_source_closes_the_vault_when_reading_its_events_fails(tmp_path, monkeypatch):
     from flwr.app import Context, RecordDict
 
-    from federation.flower_app import VaultSource
+    from federation.sources import VaultSource
     from personal.errors import ProfileNotFound
     from personal.vault import Event, Vault, VaultConfig
 
