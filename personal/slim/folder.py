@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from personal.models import BaseModel, file_sha256
+from personal.base_identity import BaseModel, LoadRequest, file_sha256, register_matcher
 from personal.slim.manifest import WEIGHTS, SlimError, SlimManifest, is_slim_folder
 from personal.slim.quantize import finish_loaded, skeleton_from_layout
 
@@ -160,3 +160,11 @@ def load_slim(folder: str | Path, name: str | None = None) -> BaseModel:
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return BaseModel(name or str(folder.resolve()), manifest.kind, model, tok, manifest.weights_sha256)
+
+
+def _load_request(request: LoadRequest) -> BaseModel:
+    return load_slim(Path(request.name).expanduser())
+
+
+# A slim folder is a model folder too: this loader must be tried before the plain folder loader (rank 20).
+register_matcher("slim folder", is_slim_folder, _load_request, rank=10)
