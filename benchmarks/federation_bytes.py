@@ -24,7 +24,7 @@ def main() -> None:
 
     from federation.config import FederationConfig
     from federation.device import DeviceRound, initial_adapter, shared_base, train_round
-    from federation.flower_app import content_nbytes, wire_to_content
+    from federation.wire import content_nbytes, wire_to_content
     from personal.examples import events_to_examples
     from simulations.populations import load_population, select_devices
 

@@ -3,7 +3,7 @@
 - `server` runs a SuperLink (the coordinator) and writes the connection `run` uses.
 - `device --vault V --profile P` runs a SuperNode for one device; its ClientApp reads the vault
   (passphrase from $HOMEBODY_PASSPHRASE or a prompt) and sends only clipped, noised updates.
-- `run` submits the homebody app (`federation.flower_app`) to the SuperLink for R rounds.
+- `run` submits the homebody app (`federation.serverapp` + `federation.clientapp`) to the SuperLink for R rounds.
 
 TLS is the default; `--insecure` (plain HTTP) is for tests on 127.0.0.1 only.
 

@@ -19,6 +19,11 @@ class FederationConfigError(HomebodyError):
     """A federation setting is out of range or unknown."""
 
 
+class FederationSetupError(HomebodyError):
+    """A federation run cannot start or finish: a ClientApp cannot find its device (raised inside
+    Flower, which reports it to the server), or a Flower simulation failed."""
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Settings shared by the server and every device of one federated run.

@@ -234,11 +234,12 @@ def admit_round(device: DeviceRound, config: FederationConfig) -> tuple[bool, in
         from privacy.budget import check_rng
 
         check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)
-        _check_budget(device, mech)
+        check_budget(device, mech)
     return private, charged, mech
 
 
-def _check_budget(device: DeviceRound, mech) -> None:
+def check_budget(device: DeviceRound, mech) -> None:
+    """The device gate's check for one round; a spent budget becomes a `DeviceDeclined` the server may read."""
     from privacy.budget import BudgetExhausted
 
     try:

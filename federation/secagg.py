@@ -21,7 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from federation.config import FederationConfig, FederationConfigError
-from federation.flower_app import DeviceSource, PopulationSource, ServerSetup, SimDevice, _log, run_in_simulation, run_name
+from federation.logs import flower_log as _log
+from federation.serverapp import ServerSetup
+from federation.simulation import run_in_simulation
+from federation.sources import DeviceSource, PopulationSource, SimDevice, run_name
 from federation.update import Arrays, Update, UpdateHeader, UpdateRejected, check_update, spec_of
 
 

@@ -10,7 +10,9 @@ Names:
 - any local Hugging Face model folder (BERT-like encoders and Llama-like decoders).
 
 A base's identity is ``{"name", "sha256"}`` where ``sha256`` hashes the weights; every adapter
-records it so that it never loads onto another base.
+records it so that it never loads onto another base. ``BaseModel``, the hashes and the cache root
+live in ``personal.base_identity`` with the loader registry; this module registers the loaders
+above (personal/slim registers slim folders and ``BASE:STEPS`` names) and ``load_base`` asks it.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+# BaseModel, cache_root and file_sha256 live in the leaf module and stay importable from here.
+from personal.base_identity import (CAUSAL, ENCODER, BaseModel, LoadRequest, cache_root, file_sha256, find_loader,
+                                    register_loader, register_matcher, registered_names, state_sha256)
 from privacy.errors import HomebodyError
 
-ENCODER, CAUSAL = "encoder", "causal"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NAMES = ("minilm-l6", "smollm2-135m", "tiny", "tiny-encoder", "tiny-causal")
 
 
 class ModelNotFound(HomebodyError):
@@ -40,79 +41,36 @@ class UnsupportedModel(HomebodyError):
     """A local model folder holds an architecture homebody cannot split into layers."""
 
 
-@dataclass
-class BaseModel:
-    """A frozen base: the backbone module, its tokenizer and its identity.
-
-    ``model`` is the backbone without any task head (``BertModel`` for encoders,
-    ``LlamaForCausalLM`` for causal bases, whose ``lm_head`` ``ask`` needs). Its parameters are
-    frozen. ``wrapped`` caches LoRA-wrapped copies (see ``personal.training.wrap``) so that one
-    process loads and wraps a base once and devices only swap adapter tensors.
-    """
-
-    name: str
-    kind: str
-    model: Any
-    tokenizer: Any
-    weights_sha256: str
-    wrapped: dict = field(default_factory=dict, repr=False)
-
-    def identity(self) -> dict[str, str]:
-        """The identity recorded in every adapter: name and weights hash."""
-        return {"name": self.name, "sha256": self.weights_sha256}
-
-    @property
-    def hidden_size(self) -> int:
-        """Width of the backbone's hidden states (the head's input)."""
-        return int(self.model.config.hidden_size)
-
-    @property
-    def num_layers(self) -> int:
-        """Number of transformer layers."""
-        return int(self.model.config.num_hidden_layers)
-
-
-def cache_root(cache_dir: Path | None = None) -> Path:
-    """Where converted checkpoints live: ``cache_dir``, ``$HOMEBODY_CACHE`` or ``~/.cache/homebody``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("HOMEBODY_CACHE"):
-        return Path(os.environ["HOMEBODY_CACHE"]).expanduser()
-    return Path.home() / ".cache" / "homebody"
-
-
 def load_base(name: str, *, cache_dir: Path | None = None, dtype: str = "float32") -> BaseModel:
     """Load a base by registered name or local folder path, offline, with frozen weights.
 
     ``dtype`` ("float32" or "bfloat16") is the dtype of the frozen weights; bfloat16 halves the
-    memory of ``smollm2-135m`` (LoRA weights and the head stay float32).
+    memory of ``smollm2-135m`` (LoRA weights and the head stay float32). Which loader serves
+    ``name`` is the registry's answer (``personal.base_identity.find_loader``).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    _register_slim_loaders()
+    loader = find_loader(name)
+    if loader is None:
+        raise ModelNotFound(f"unknown base model {name!r}: use one of {', '.join(registered_names())} or a local model folder")
+    cache = cache_root(cache_dir)
+    request = LoadRequest(name, cache, dtype, load=lambda other: load_base(other, cache_dir=cache))
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the load report lists the dropped BERT pooler: noise for users
     try:
-        if name == "minilm-l6":
-            base = _load_minilm()
-        elif name == "smollm2-135m":
-            base = _load_smollm2(cache_root(cache_dir), dtype)
-        elif name in ("tiny", "tiny-encoder"):
-            base = _tiny(ENCODER, name)
-        elif name == "tiny-causal":
-            base = _tiny(CAUSAL, name)
-        elif Path(name).expanduser().is_dir():
-            base = _load_folder(Path(name).expanduser())
-        elif ":" in name:  # a slimmed base such as "smollm2-135m:int8", slimmed once and cached (personal/slim)
-            from personal.slim.pipeline import load_spec
-
-            base = load_spec(name, cache_root(cache_dir))
-        else:
-            raise ModelNotFound(f"unknown base model {name!r}: use one of {', '.join(NAMES)} or a local model folder")
+        base = loader(request)
     finally:
         hf_logging.set_verbosity(verbosity)
     return _freeze(base, dtype)
+
+
+def _register_slim_loaders() -> None:
+    """personal/slim's loaders (slim folders, ``BASE:STEPS`` names) register themselves on import."""
+    import personal.slim.folder  # noqa: F401
+    import personal.slim.pipeline  # noqa: F401
 
 
 def _freeze(base: BaseModel, dtype: str) -> BaseModel:
@@ -125,15 +83,6 @@ def _freeze(base: BaseModel, dtype: str) -> BaseModel:
     for p in base.model.parameters():
         p.requires_grad_(False)
     return base
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _minilm_path() -> Path:
@@ -215,14 +164,6 @@ def _load_smollm2(cache: Path, dtype: str = "float32") -> BaseModel:
     return BaseModel("smollm2-135m", CAUSAL, model, tok, digest)
 
 
-def _state_sha256(model: Any) -> str:
-    h = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _tiny(kind: str, name: str, seed: int = 0) -> BaseModel:
     """A seeded random miniature (2 layers, width 32) with MiniLM's tokenizer."""
     import torch
@@ -240,15 +181,12 @@ def _tiny(kind: str, name: str, seed: int = 0) -> BaseModel:
                           pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id)
         model = LlamaForCausalLM(cfg)
         model.generation_config.pad_token_id = tok.pad_token_id
-    return BaseModel("tiny-causal" if kind == CAUSAL else "tiny", kind, model, tok, _state_sha256(model))
+    return BaseModel("tiny-causal" if kind == CAUSAL else "tiny", kind, model, tok, state_sha256(model))
 
 
 def _load_folder(path: Path) -> BaseModel:
-    """A local HF folder: BERT-like encoders load as AutoModel, Llama-like decoders as causal LMs."""
-    if (path / "slim.json").is_file():  # written by `homebody slim`: quantized layers need its loader
-        from personal.slim.folder import load_slim
-
-        return load_slim(path)
+    """A local HF folder: BERT-like encoders load as AutoModel, Llama-like decoders as causal LMs.
+    (A slim folder, written by `homebody slim`, is served first by personal/slim's own loader.)"""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -274,3 +212,13 @@ def _load_folder(path: Path) -> BaseModel:
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return BaseModel(str(path.resolve()), kind, model, tok, h.hexdigest())
+
+
+# ----------------------------------------------------------------------------- the built-in loaders
+register_loader("minilm-l6", lambda req: _load_minilm())
+register_loader("smollm2-135m", lambda req: _load_smollm2(req.cache, req.dtype))
+register_loader("tiny", lambda req: _tiny(ENCODER, req.name))
+register_loader("tiny-encoder", lambda req: _tiny(ENCODER, req.name))
+register_loader("tiny-causal", lambda req: _tiny(CAUSAL, req.name))
+register_matcher("local model folder", lambda name: Path(name).expanduser().is_dir(),
+                 lambda req: _load_folder(Path(req.name).expanduser()), rank=20)

@@ -1,6 +1,6 @@
 """The Flower engine: the federation's ServerApp + ClientApp in Flower's simulation runtime.
 
-A thin adapter: it hands the prepared devices to `federation.flower_app.run_simulation` (one
+A thin adapter: it hands the prepared devices to `federation.simulation.run_simulation` (one
 virtual SuperNode per device, Ray backend) with the same FederationConfig the fast engine uses,
 and turns its history into the simulation's results (same keys per round).
 """
@@ -39,8 +39,8 @@ def _prepare_ledgers(devices: Sequence[SimDevice], cfg: SimulationConfig, folder
 def run_flower(cfg: SimulationConfig, devices: Sequence[SimDevice], labels: Sequence[str], results: dict,
                out_dir: Path) -> dict:
     """Run all rounds in Flower's simulation runtime; fill `results` (rounds, final, devices)."""
-    from federation.flower_app import SimDevice as FlowerDevice
-    from federation.flower_app import run_simulation
+    from federation.simulation import run_simulation
+    from federation.sources import SimDevice as FlowerDevice
     from simulations.engine_fast import federation_config
 
     fcfg = federation_config(cfg, len(devices), len(labels))

@@ -1,23 +1,23 @@
 """Write and read slim folders (see ``manifest.py`` for what one holds).
 
-Loading builds the architecture with its parameters on the ``meta`` device (no float copy of the
-weights is ever allocated), swaps in quantized shells per the manifest's layout, then assigns
-the stored tensors: peak memory stays near the size of the slim weights.
+Loading builds the architecture on the ``meta`` device (no float copy of the weights is ever
+allocated; PyTorch's thread-local ``torch.device`` context, so other threads are unaffected),
+swaps in quantized shells per the manifest's layout, assigns the stored tensors, then recomputes
+the buffers the file does not hold: peak memory stays near the size of the slim weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from personal.models import BaseModel, file_sha256
+from personal.base_identity import BaseModel, LoadRequest, file_sha256, register_matcher
 from personal.slim.manifest import WEIGHTS, SlimError, SlimManifest, is_slim_folder
 from personal.slim.quantize import finish_loaded, skeleton_from_layout
 
@@ -73,23 +73,6 @@ def save_slim(model: nn.Module, tokenizer: Any, manifest: SlimManifest, out: Pat
     return manifest
 
 
-@contextlib.contextmanager
-def _params_on_meta() -> Iterator[None]:
-    """Create parameters on the meta device (buffers stay real: rotary tables, position ids)."""
-    original = nn.Module.register_parameter
-
-    def register(self, name, param):
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(self, name, param)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
-
-
 def _build(manifest: SlimManifest, folder: Path) -> nn.Module:
     import transformers
     from transformers import AutoConfig
@@ -98,8 +81,28 @@ def _build(manifest: SlimManifest, folder: Path) -> nn.Module:
     if cls is None:
         raise SlimError(f"{folder}: unknown model class {manifest.model_class!r} in the manifest")
     config = AutoConfig.from_pretrained(folder)
-    with _params_on_meta():
+    with torch.device("meta"):  # this thread's factory calls only: a head made meanwhile elsewhere stays real
         return cls(config, **manifest.init_kwargs)
+
+
+def _materialise_buffers(model: nn.Module, folder: Path) -> None:
+    """Recompute the buffers the weights file does not hold (position ids, rotary tables), built on
+    meta with the skeleton: real placeholders, then the model's own initialiser for each owner
+    module (as transformers' ``from_pretrained`` does). Loaded parameters are marked initialised
+    first, so the initialiser leaves them alone."""
+    owners: dict[int, nn.Module] = {}
+    for name, buf in list(model.named_buffers()):
+        if buf.device.type == "meta":
+            module_name, _, attr = name.rpartition(".")
+            owner = model.get_submodule(module_name)
+            owner._buffers[attr] = torch.empty_like(buf, device="cpu")  # keeps its persistent flag
+            owners[id(owner)] = owner
+    if owners and not hasattr(model, "_init_weights"):
+        raise SlimError(f"{folder}: {type(model).__name__} has buffers to recompute but no initialiser")
+    for owner in owners.values():
+        for p in owner.parameters(recurse=False):
+            p._is_hf_initialized = True
+        model._init_weights(owner)
 
 
 def load_slim_model(folder: str | Path, verify: bool = True) -> tuple[nn.Module, SlimManifest]:
@@ -126,6 +129,7 @@ def load_slim_model(folder: str | Path, verify: bool = True) -> tuple[nn.Module,
         mod_name, _, attr = key.rpartition(".")
         setattr(model.get_submodule(mod_name), attr, model.get_parameter(kept))
     finish_loaded(model, manifest.layout)
+    _materialise_buffers(model, folder)
     leftover = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if leftover:
         raise SlimError(f"{folder}: tensors never loaded: {leftover[:3]}")
@@ -160,3 +164,11 @@ def load_slim(folder: str | Path, name: str | None = None) -> BaseModel:
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return BaseModel(name or str(folder.resolve()), manifest.kind, model, tok, manifest.weights_sha256)
+
+
+def _load_request(request: LoadRequest) -> BaseModel:
+    return load_slim(Path(request.name).expanduser())
+
+
+# A slim folder is a model folder too: this loader must be tried before the plain folder loader (rank 20).
+register_matcher("slim folder", is_slim_folder, _load_request, rank=10)

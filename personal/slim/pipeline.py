@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from personal.models import BaseModel
+from personal.base_identity import BaseModel, LoadRequest, register_matcher
 from personal.slim.distil import DistilConfig, distil, perplexity
 from personal.slim.manifest import SlimError, SlimManifest, is_slim_folder
 from personal.slim.prune import PruneConfig, prune_model
@@ -143,9 +143,11 @@ def _cache_folder(cache: Path, base_name: str, spec: str) -> Path:
     return cache / "slim" / f"{safe}--{spec.replace('+', '_')}"
 
 
-def load_spec(name: str, cache: Path) -> BaseModel:
-    """Load ``BASE:STEPS`` (e.g. ``smollm2-135m:int8``): slim once into the cache, then load the folder."""
-    from personal.models import load_base
+def load_spec(name: str, cache: Path, load_base: Callable[[str], BaseModel]) -> BaseModel:
+    """Load ``BASE:STEPS`` (e.g. ``smollm2-135m:int8``): slim once into the cache, then load the folder.
+
+    ``load_base`` loads the float source by name (``personal.models.load_base`` with this cache).
+    """
     from personal.slim.folder import load_slim, save_slim
 
     base_name, _, spec = name.rpartition(":")
@@ -154,10 +156,17 @@ def load_spec(name: str, cache: Path) -> BaseModel:
     cfg = parse_spec(spec)
     folder = _cache_folder(Path(cache), base_name, spec)
     if not is_slim_folder(folder):
-        base = load_base(base_name, cache_dir=cache)
+        base = load_base(base_name)
         model, manifest = run_slim(base, replace(cfg))
         if not is_slim_folder(folder):  # another process may have written it meanwhile
             save_slim(model, base.tokenizer, manifest, folder)
         del base, model
         gc.collect()
     return load_slim(folder, name=name)
+
+
+def _load_request(request: LoadRequest) -> BaseModel:
+    return load_spec(request.name, request.cache, request.load)
+
+
+register_matcher("BASE:STEPS (a slimmed base)", lambda name: ":" in name, _load_request, rank=30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from federation.flower_app import content_nbytes, content_to_update, wire_to_content
+from federation.wire import content_nbytes, content_to_update, wire_to_content
 from federation.update import build_update, encode
 
 # The shared adapter of MiniLM-L6 (hidden 384) with LoRA r=4 on the top layer's query/value

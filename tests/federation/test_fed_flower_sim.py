@@ -51,7 +51,7 @@ class EvilMod:
 def _load_replies(folder: Path):
     """(header, arrays) of every recorded train reply, unpacked exactly as the server does
     (the evil device's are returned without arrays: some of them cannot be unpacked)."""
-    from federation.flower_app import unpack
+    from federation.wire import unpack
 
     out = []
     for meta in sorted(folder.glob("train-*.json")):
@@ -64,17 +64,17 @@ def _load_replies(folder: Path):
 
 
 def test_flower_run_sends_only_clipped_noised_adapter_updates(flower_env, caplog):
-    from federation import flower_app
+    from federation import simulation
     from federation.device import initial_adapter, shared_base
 
     cloudpickle.register_pickle_by_value(__import__(__name__))
-    devices = [flower_app.SimDevice(f"dev-{i}", routine_examples(i)[1]) for i in range(3)]
-    devices.append(flower_app.SimDevice("evil-3", routine_examples(3)[1]))
+    devices = [simulation.SimDevice(f"dev-{i}", routine_examples(i)[1]) for i in range(3)]
+    devices.append(simulation.SimDevice("evil-3", routine_examples(3)[1]))
     cfg = FederationConfig(rounds=3, clip_norm=C, noise_multiplier=SIGMA, encoding="fp32", fraction_evaluate=0.0,
                            min_available_devices=4, min_train_devices=4, seed=11, local_epochs=1)
     rec, audit = flower_env / "sent", flower_env / "audit"
     with caplog.at_level(logging.INFO):
-        history = flower_app.run_simulation(devices, cfg, ACTIVITIES, record_dir=str(rec), audit_dir=str(audit),
+        history = simulation.run_simulation(devices, cfg, ACTIVITIES, record_dir=str(rec), audit_dir=str(audit),
                                             ledger_dir=str(flower_env / "ledgers"), epsilon_cap=6.0, train_mods=[EvilMod()])
 
     spec = {k: v.shape for k, v in initial_adapter(shared_base("tiny"), ACTIVITIES, cfg).tensors.items()}

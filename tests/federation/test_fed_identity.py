@@ -1,6 +1,6 @@
 """Issue 13 item 7: a real device is known to the server by its vault key, never its profile name.
 
-The deployment ClientApp (`federation.flower_app.client_app`'s VaultSource) is called in process
+The deployment ClientApp (`federation.clientapp.client_app`'s VaultSource) is called in process
 with a real vault, a real train message and Flower's own records; what it replies is what leaves
 the device. Two vaults with the same profile name give two device ids, and neither the profile
 name nor the node config's `device-id` appears anywhere in the reply bytes, declines included.
@@ -36,7 +36,9 @@ def _train(vault: Path, node_id: int):
     from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
     from federation import device as dev
-    from federation.flower_app import VaultSource, arrays_to_record, make_client_app
+    from federation.clientapp import make_client_app
+    from federation.sources import VaultSource
+    from federation.wire import arrays_to_record
 
     base = dev.shared_base(CFG.base, CFG.lora_r)
     initial = dev.initial_adapter(base, LABELS, CFG)

@@ -15,7 +15,7 @@ def test_secagg_round_applies_only_the_checked_sum(flower_env):
     import sqlite_utils
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from federation.flower_app import SimDevice
+    from federation.sources import SimDevice
     from federation.secagg import run_secagg_simulation
     from privacy.ledger import Ledger
 
@@ -38,7 +38,7 @@ def test_secagg_round_applies_only_the_checked_sum(flower_env):
 def test_secagg_refuses_an_even_share_count_and_other_modes():
     with pytest.raises(FederationConfigError, match="odd"):
         FederationConfig(mode="secagg", secagg_num_shares=4)
-    from federation.flower_app import ServerSetup
+    from federation.serverapp import ServerSetup
     from federation.secagg import make_secagg_server_app
 
     with pytest.raises(FederationConfigError, match="secagg"):

@@ -74,7 +74,7 @@ def test_update_noise_and_rounding_default_to_the_csprng():
 def test_a_real_device_ignores_the_servers_seed(tmp_path: Path, monkeypatch):
     from flwr.app import Context, RecordDict
 
-    from federation.flower_app import PopulationSource, SimDevice, VaultSource
+    from federation.sources import PopulationSource, SimDevice, VaultSource
 
     vault, _ = _device_vault(tmp_path / "v.db")
     vault.close()

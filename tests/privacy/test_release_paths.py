@@ -46,7 +46,7 @@ ALLOWED = {
         "simulations/engine_fast.py:personal_hits": "simulation: the planted-routine check's on-device fine-tune",
     },
     "train_round": {
-        "federation/flower_app.py:train": "the ClientApp's train: the device's own vault gate (VaultSource)",
+        "federation/clientapp.py:train": "the ClientApp's train: the device's own vault gate (VaultSource)",
         "federation/secagg.py:fit": "the SecAgg+ ClientApp's fit: the same device round and gate",
         "simulations/engine_fast.py:_federated_round": "simulation: each device's vault gate (or non-private, "
                                                        "then committed with commit_non_private right after)",
@@ -95,7 +95,7 @@ SEEDED_ALLOWED = {
     "personal/predict.py:ask": "text sampling of an answer (no DP release)",
     "personal/models.py:_tiny": "random initialisation of the tiny test bases",
     "personal/slim/distil.py:distil": "batch order when distilling the public base (no owner data released)",
-    "federation/flower_app.py:__init__": "the server's cohort sampling (HomebodyStrategy), not a device's noise",
+    "federation/strategy.py:__init__": "the server's cohort sampling (HomebodyStrategy), not a device's noise",
     "federation/canary.py:__init__": "the federated audit's canary and null directions (public probes, no owner data)",
     "personal/audit_hook.py:__init__": "which canaries the white-box audit inserts and samples (an experiment; the "
                                        "run's own noise follows DPConfig.rng)",
@@ -158,7 +158,7 @@ def gate_calls(source: str) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for owner, call in _calls(ast.parse(source)):
         name = _callee(call)
-        if name in ("check", "_check_budget", "admit_round") or _is_gate_commit(call):
+        if name in ("check", "check_budget", "admit_round") or _is_gate_commit(call):
             out.setdefault(owner, set()).add("commit" if _is_gate_commit(call) else "check")
     return out
 
