@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from simulations.runner import BadSimulationConfig
+from simulations.config import BadSimulationConfig
 
 
 def parse_epsilons(first: str, extra: list[str]) -> tuple[float, ...]:

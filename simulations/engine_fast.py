@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from simulations.devices import FeatureCache, SimDevice, attach_feature_cache, encode_all
-from simulations.runner import BadSimulationConfig, RoundResult, SimulationConfig, epsilon_stats
+from simulations.config import BadSimulationConfig, RoundResult, SimulationConfig, epsilon_stats
 from privacy.randomness import SEEDED
 
 MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round and evaluate_device use

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from simulations.devices import SimDevice
-from simulations.runner import SimulationConfig, write_results
+from simulations.config import SimulationConfig
+from simulations.results import write_results
 
 
 def _prepare_ledgers(devices: Sequence[SimDevice], cfg: SimulationConfig, folder: Path) -> None:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from federation.config import FederationConfig
     from federation.habit_round import ScorerRun
     from simulations.devices import SimDevice
-    from simulations.runner import SimulationConfig
+    from simulations.config import SimulationConfig
 
 PREDICTORS = ("combined", "habit", "lora")
 SEED_OFFSET = 2**32  # the scorer's seeded noise streams never coincide with the LoRA rounds' (seed, round, device)

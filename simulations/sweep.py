@@ -24,7 +24,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from simulations.runner import BadSimulationConfig, SimulationConfig, finished_results, load_results, run_simulation
+from simulations.config import BadSimulationConfig, SimulationConfig
+from simulations.results import finished_results, load_results
+from simulations.runner import run_simulation
 
 TABLE_MD, TABLE_JSON, PLOT = "table.md", "table.json", "accuracy_vs_epsilon.png"
 MODES = ("local", "federated")
