@@ -53,7 +53,6 @@ class SimulationConfig:
     clip_norm: float = 1.0  # per-example clip (DP-SGD)
     update_clip: float = 1.0  # per-device update clip C (federated)
     lora_rank: int = 8
-    lora_layers: int = 1  # LoRA on the top N encoder layers: the rest is frozen and cached
     max_events: Optional[int] = None  # most recent events kept per device (None: all)
     history: int = 3
     synthetic_devices: int = 50
@@ -84,6 +83,10 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--engine must be 'fast' or 'flower' (got {self.engine!r})")
         if self.mode not in ("federated", "local"):
             raise BadSimulationConfig(f"--mode must be 'federated' or 'local' (got {self.mode!r})")
+        if self.engine == "flower" and self.mode != "federated":
+            raise BadSimulationConfig("--engine flower runs federated rounds only; use --engine fast for --mode local")
+        if self.engine == "flower" and self.evaluate_all:
+            raise BadSimulationConfig("--evaluate-all needs --engine fast (Flower's ServerApp evaluates the sampled cohort)")
         if self.federation_mode not in ("secagg", "device", "central"):
             raise BadSimulationConfig(f"--federation-mode must be secagg, device or central (got {self.federation_mode!r})")
         if self.rounds < 1:

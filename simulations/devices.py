@@ -11,7 +11,7 @@ layers' outputs per example list, in memory up to a budget and on disk beyond it
 from __future__ import annotations
 
 import hashlib
-import os
+import math
 import secrets
 from collections import OrderedDict
 from collections.abc import MutableMapping
@@ -66,8 +66,10 @@ def _split(examples: list) -> tuple[list, list]:
     return split_examples(examples, HOLDOUT)
 
 
-def prepare_device(dev: Device, folder: Path, history: int, max_events: int | None = None) -> SimDevice:
-    """Seal one owner's events in a new vault under `folder`, read them back, build examples."""
+def prepare_device(dev: Device, folder: Path, history: int, max_events: int | None = None,
+                   fast_kdf: bool = True) -> SimDevice:
+    """Seal one owner's events in a new vault under `folder`, read them back, build examples.
+    `fast_kdf`: the vault's scrypt setting (fast: simulation only; the default setting costs ~0.1 s a vault)."""
     from personal.examples import events_to_examples
     from personal.vault import Vault, VaultConfig
 
@@ -79,7 +81,7 @@ def prepare_device(dev: Device, folder: Path, history: int, max_events: int | No
         for suffix in ("-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
     passphrase = secrets.token_urlsafe(18)
-    with Vault.create(path, passphrase, VaultConfig(fast_kdf=True)) as vault:
+    with Vault.create(path, passphrase, VaultConfig(fast_kdf=fast_kdf)) as vault:
         vault.add_events(events)
         stored = vault.events(dev.user)
     examples = events_to_examples(stored, history=history)
@@ -105,16 +107,23 @@ def habit_split(events: list, examples: list, n_train: int) -> tuple[list, list]
 
 
 def prepare_devices(pop: Population, folder: Path, history: int = 3, max_events: int | None = None,
-                    progress: Callable[[int], None] | None = None) -> list[SimDevice]:
+                    progress: Callable[[int], None] | None = None, fast_kdf: bool = True) -> list[SimDevice]:
     """A vault and examples for every device of the population (see `prepare_device`)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for dev in pop.devices:
-        out.append(prepare_device(dev, folder, history, max_events))
+        out.append(prepare_device(dev, folder, history, max_events, fast_kdf))
         if progress:
             progress(1)
     return out
+
+
+def quantized_rate(batch_size: int, n: int) -> float:
+    """batch/n rounded to a power of two (≤ 1), so few distinct (q, steps) need a noise calibration."""
+    if n <= batch_size:
+        return 1.0
+    return 2.0 ** -round(math.log2(n / batch_size))
 
 
 def baselines(pop: Population, max_events: int | None = None) -> tuple[dict, dict[str, dict]]:

@@ -12,15 +12,13 @@ and their personalised adapters with `federation.device.evaluate_device`. What m
   spills to disk (`simulations.devices.FeatureCache`);
 - no actors, messages or serialisation between server and devices.
 
-`--mode federated` first learns the habit scorer's shared weights (simulations.habit_sim:
-`federation.habit_round` DP-FedAvg through each device's vault gate) for a share of the user-level
-budget; the LoRA rounds' noise is calibrated with that release as a prior. Every evaluation reports
-the habit predictor, the LoRA model and their combination (`top1` is the configured predictor's).
+`--mode federated` first learns the habit scorer's shared weights (simulations.habit_sim) with
+DP-FedAvg through each device's gate for a share of the user-level budget; the LoRA noise is then
+calibrated with that release as a prior. `top1` is the configured predictor's (habit, LoRA, combined).
 
-`--mode local` (local-only personalization) trains each device's own adapter with DP-SGD at
-record level through personal/'s `train_adapter`, a round being `local_epochs` more passes;
-the noise is calibrated once for the whole run, and each round's steps are one release in the
-device's ledger, so the ledger's epsilon reaches the target exactly at the last round.
+`--mode local` trains each device's own adapter with DP-SGD at record level (`train_adapter`), a
+round being `local_epochs` more passes; the noise is calibrated once for the run and each round's
+steps are one ledger release, so the ledger's epsilon reaches the target exactly at the last round.
 """
 
 from __future__ import annotations
@@ -37,8 +35,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from simulations.devices import FeatureCache, SimDevice, attach_feature_cache, encode_all
-from simulations.config import BadSimulationConfig, RoundResult, SimulationConfig, epsilon_stats
+from simulations.devices import FeatureCache, SimDevice, attach_feature_cache, encode_all, quantized_rate
+from simulations.config import RoundResult, SimulationConfig, epsilon_stats
 from privacy.randomness import SEEDED
 
 MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round and evaluate_device use
@@ -59,7 +57,7 @@ def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int =
 
     k = min(n_devices, cfg.devices_per_round or n_devices)
     q = k / n_devices
-    z = 0.0 if cfg.non_private else user_noise(cfg.epsilon, q, cfg.rounds, cfg.delta, tuple(prior))
+    z = 0.0 if cfg.non_private else calibrated_noise(cfg.epsilon, q, cfg.rounds, cfg.delta, tuple(prior))
     return FederationConfig(
         rounds=cfg.rounds, mode=cfg.federation_mode, secagg_min_devices=max(1, k), clip_norm=cfg.update_clip,
         noise_multiplier=z, delta=cfg.delta,
@@ -71,29 +69,15 @@ def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int =
     )
 
 
-@lru_cache(maxsize=256)
-def user_noise(epsilon: float, sample_rate: float, rounds: int, delta: float, prior: tuple = ()) -> float:
-    """Noise multiplier so that `rounds` rounds at cohort rate q, after the `prior` releases, cost `epsilon` (user level)."""
-    from privacy.accountant import noise_for_epsilon
-    from simulations.devices import GATE_ACCOUNTANT
-
-    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, rounds, delta, accountant=GATE_ACCOUNTANT, prior=prior))
-
-
 @lru_cache(maxsize=1024)
-def record_noise(epsilon: float, sample_rate: float, steps: int, delta: float) -> float:
-    """Noise multiplier for local DP-SGD: `steps` steps at sample rate q cost `epsilon` (record level)."""
+def calibrated_noise(epsilon: float, sample_rate: float, steps: int, delta: float, prior: tuple = ()) -> float:
+    """Noise multiplier so that `steps` releases at sample rate q, after the `prior` ones, cost
+    `epsilon` with the gates' accountant: user level for federated rounds (q = cohort rate), record
+    level for local DP-SGD steps."""
     from privacy.accountant import noise_for_epsilon
     from simulations.devices import GATE_ACCOUNTANT
 
-    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, steps, delta, accountant=GATE_ACCOUNTANT))
-
-
-def quantized_rate(batch_size: int, n: int) -> float:
-    """batch/n rounded to a power of two (≤ 1), so few distinct (q, steps) need a noise calibration."""
-    if n <= batch_size:
-        return 1.0
-    return 2.0 ** -round(math.log2(n / batch_size))
+    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, steps, delta, accountant=GATE_ACCOUNTANT, prior=prior))
 
 
 @dataclass
@@ -349,7 +333,7 @@ class FastEngine:
             else:
                 q = quantized_rate(self.cfg.batch_size, len(train))
                 per_round = max(1, math.ceil(self.cfg.local_epochs / q))
-                z = record_noise(self.cfg.epsilon, q, per_round * self.cfg.rounds, self.cfg.delta)
+                z = calibrated_noise(self.cfg.epsilon, q, per_round * self.cfg.rounds, self.cfg.delta)
                 start, end = per_round * (r - 1), per_round * r
                 plan = MechanismPlan(noise_multiplier=z, sample_rate=q, steps=end, delta=self.cfg.delta, epsilon=None)
                 step_plan = MechanismPlan(z, q, per_round, self.cfg.delta, None)
@@ -458,10 +442,3 @@ def _mean(values: Sequence[float]) -> float:
     values = [v for v in values if v is not None]
     return float(statistics.mean(values)) if values else 0.0
 
-
-def check_engine(cfg: SimulationConfig) -> None:
-    """Settings the engines cannot run."""
-    if cfg.engine == "flower" and cfg.mode != "federated":
-        raise BadSimulationConfig("--engine flower runs federated rounds only; use --engine fast for --mode local")
-    if cfg.engine == "flower" and cfg.evaluate_all:
-        raise BadSimulationConfig("--evaluate-all needs --engine fast (Flower's ServerApp evaluates the sampled cohort)")

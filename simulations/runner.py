@@ -137,14 +137,13 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     configurations on the same devices and base compute the frozen-layer features only once.
     """
     from simulations import devices as simdev
-    from simulations.engine_fast import FastEngine, check_engine
+    from simulations.engine_fast import FastEngine
     from simulations.plots import write_plots
     from simulations.populations import load_population, select_devices, summary
 
     import torch
 
     cfg.validate()
-    check_engine(cfg)
     torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +159,7 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     with _progress(show_progress) as bar:
         task = bar.add_task("sealing device vaults", total=len(pop.devices))
         devices = simdev.prepare_devices(pop, out_dir / "vaults", cfg.history, cfg.max_events,
-                                         progress=lambda n: bar.advance(task, n))
+                                         progress=lambda n: bar.advance(task, n), fast_kdf=cfg.fast_kdf)
         _set_policies(devices, cfg)
         labels = pop.labels()
         results = new_results(cfg, summary(pop), base_means)

@@ -9,68 +9,13 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(REPO).with_suffix("")
-    return ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+from tests.import_graph import cycles as _cycles, module_graph
 
 
 def _graph(package: str) -> dict[str, set[str]]:
-    """Module -> the package's modules it imports (at module level or inside functions)."""
-    mods = {_module_name(p): p for p in (REPO / package).rglob("*.py")}
-    edges: dict[str, set[str]] = {m: set() for m in mods}
-    for mod, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            targets: list[str] = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            for target in targets:
-                while target and target not in mods:
-                    target = target.rpartition(".")[0]
-                if target and target != mod and not mod.startswith(target + "."):
-                    edges[mod].add(target)
-    return edges
-
-
-def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    out: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in edges[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
-    for v in edges:
-        if v not in index:
-            visit(v)
-    return out
+    return module_graph((package,))
 
 
 def test_the_cycle_finder_finds_a_cycle():

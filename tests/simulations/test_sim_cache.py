@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from simulations.devices import FeatureCache
-from simulations.engine_fast import quantized_rate
+from simulations.devices import quantized_rate
 
 
 def test_cache_spills_to_disk_and_reads_back(tmp_path):
