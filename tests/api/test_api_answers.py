@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from personal.provenance import DEFAULT_WORDING, verify_labelled
-from tests.cli_support import run_homebody
+from tests.cli_support import run_homebody, serve_url
 from tests.personal.test_answers import known_events
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,15 +108,7 @@ def served(known_vault):
            "--model", "tiny", "--max-new-tokens", "8", "--threads", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url, seen, deadline = None, [], time.time() + 120
-        while url is None and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            seen.append(line)
-            m = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
-            url = m.group(1) if m else None
-        assert url, "server did not start:\n" + "".join(seen)
+        url = serve_url(proc)
         yield url, read_token(known_vault)
     finally:
         proc.terminate()

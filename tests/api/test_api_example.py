@@ -6,13 +6,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api.conftest import PASSPHRASE, make_vault
+from tests.cli_support import serve_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,16 +27,7 @@ def served(tmp_path):
            "--max-new-tokens", "8", "--max-tokens-cap", "8"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url, seen = None, []
-        deadline = time.time() + 120
-        while url is None and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            seen.append(line)
-            m = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
-            url = m.group(1) if m else None
-        assert url, "server did not start:\n" + "".join(seen)
+        url = serve_url(proc)
         yield url, vault
     finally:
         proc.terminate()

@@ -14,6 +14,8 @@ import ast
 import json
 from pathlib import Path
 
+from tests.source_scan import callee as _callee, calls as _calls
+
 import pytest
 from typer.testing import CliRunner
 
@@ -37,23 +39,6 @@ TOKENS = 6
 
 def _library_files() -> list[Path]:
     return sorted(p for top in LIBRARY if (REPO / top).is_dir() for p in (REPO / top).rglob("*.py"))
-
-
-def _calls(tree: ast.AST):
-    """(enclosing function name, call node) for every call in a module."""
-    def walk(node, owner):
-        for child in ast.iter_child_nodes(node):
-            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else owner
-            if isinstance(child, ast.Call):
-                yield owner, child
-            yield from walk(child, name)
-
-    yield from walk(tree, "<module>")
-
-
-def _callee(call: ast.Call) -> str | None:
-    f = call.func
-    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
 
 
 def test_only_the_provenance_entry_point_calls_generate():

@@ -22,6 +22,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.source_scan import callee as _callee, calls as _calls
+
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = ("personal", "privacy", "federation", "simulations", "examples")
 
@@ -101,23 +103,6 @@ SEEDED_ALLOWED = {
                                        "run's own noise follows DPConfig.rng)",
 }
 PRIMITIVES = ("train_adapter", "train_round", "build_update", "add_gaussian_noise", "DPOptimizer", "PrivacyEngine")
-
-
-def _callee(call: ast.Call) -> str | None:
-    f = call.func
-    return f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
-
-
-def _calls(tree: ast.AST):
-    """(enclosing function name, call node) for every call in a module."""
-    def walk(node, owner):
-        for child in ast.iter_child_nodes(node):
-            name = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else owner
-            if isinstance(child, ast.Call):
-                yield owner, child
-            yield from walk(child, name)
-
-    yield from walk(tree, "<module>")
 
 
 def _is_non_private(call: ast.Call) -> bool:
