@@ -1,24 +1,17 @@
 """The fast engine: every virtual device in one process, on ONE shared frozen base.
 
-It runs the same client and server logic as the Flower apps: each device's round is
-`federation.device.train_round` (with the device's own vault ledger as its ReleaseGate), the
-server screens and averages with `federation.server.aggregate`, and devices score the global
-and their personalised adapters with `federation.device.evaluate_device`. What makes it fast:
-
-- the base is loaded and LoRA-wrapped once; devices only swap adapter arrays;
-- LoRA sits on the top layer only, so the frozen lower layers' outputs for each device's
-  examples are computed once (batched across the devices of a round's cohort, the first time
-  a device is sampled) and reused in every later round, from a memory-bounded cache that
-  spills to disk (`simulations.devices.FeatureCache`);
-- no actors, messages or serialisation between server and devices.
+The Flower apps' client and server logic: each device's round is `federation.device.train_round`
+(its own vault ledger as its ReleaseGate), the server screens and averages with
+`federation.server.aggregate`, devices score the global and personalised adapters with
+`federation.device.evaluate_device`. Fast because the base is loaded and LoRA-wrapped once; LoRA
+sits on the top layer only, so the frozen layers' outputs for each device's examples are computed
+once (batched across a cohort) and reused from a cache that spills to disk (`devices.FeatureCache`).
 
 `--mode federated` first learns the habit scorer's shared weights (simulations.habit_sim) with
-DP-FedAvg through each device's gate for a share of the user-level budget; the LoRA noise is then
-calibrated with that release as a prior. `top1` is the configured predictor's (habit, LoRA, combined).
-
-`--mode local` trains each device's own adapter with DP-SGD at record level (`train_adapter`), a
-round being `local_epochs` more passes; the noise is calibrated once for the run and each round's
-steps are one ledger release, so the ledger's epsilon reaches the target exactly at the last round.
+DP-FedAvg for a share of the user-level budget, the LoRA noise calibrated with that release as a
+prior; `--predictor habit` trains no LoRA at all (`_habit_round`), `--predictor lora` runs no scorer.
+`--mode local` trains each device's own adapter with DP-SGD at record level, a round being
+`local_epochs` more passes, each round's steps one ledger release (the target reached at the last).
 """
 
 from __future__ import annotations
@@ -45,9 +38,8 @@ MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round an
 def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int = 0, prior: tuple = ()):
     """The FederationConfig a simulation runs with: noise calibrated to the user-level target.
 
-    `prior`: user-level releases every device is charged before the LoRA rounds (the habit
-    scorer's, simulations.habit_sim): the LoRA noise is calibrated so that they and the LoRA
-    rounds together cost at most the target.
+    `prior`: user-level releases charged before the LoRA rounds (the habit scorer's): the LoRA
+    noise is calibrated so that they and the LoRA rounds together cost at most the target.
 
     In "secagg" mode each of the K devices of a cohort adds sigma*C/sqrt(K), so the sum the server
     uses carries sigma*C (the secure-aggregation protocol itself is not simulated: both engines'
@@ -108,8 +100,8 @@ class FastEngine:
         # Federated: the habit scorer's DP-FedAvg run takes its share of the user-level budget first.
         self.scorer_plan = scorer_plan(cfg, len(self.devices), self.run_id) if self.runs_scorer else None
         self.scorer_weights: dict | None = None
-        self.fcfg = federation_config(cfg, len(self.devices), len(self.labels),
-                                      self.scorer_plan.prior if self.scorer_plan else ())
+        prior = self.scorer_plan.prior if self.scorer_plan and cfg.trains_lora else ()
+        self.fcfg = federation_config(cfg, len(self.devices), len(self.labels), prior)
         self.base = shared_base(cfg.model, self.fcfg.lora_r)
         self.pm = wrap(self.base, lora_settings(self.fcfg))
         # A caller running several configurations on the same devices may share one cache.
@@ -129,8 +121,8 @@ class FastEngine:
 
     @property
     def runs_scorer(self) -> bool:
-        """Federated runs learn the habit scorer's shared weights (unless --no-habit-scorer)."""
-        return self.cfg.mode == "federated" and self.cfg.habit_scorer
+        """Federated runs learn the habit scorer's shared weights (unless --no-habit-scorer or --predictor lora)."""
+        return self.cfg.mode == "federated" and self.cfg.habit_scorer and self.cfg.predictor != "lora"
 
     # -- setup ----------------------------------------------------------------------------
     def train_scorer(self, on_round: Callable[[int], None] | None = None) -> dict:
@@ -175,7 +167,9 @@ class FastEngine:
     def round(self, r: int) -> RoundResult:
         """One round in the configured mode."""
         t0 = time.perf_counter()
-        if self.cfg.mode == "federated":
+        if not self.cfg.trains_lora:
+            metrics = self._habit_round(r)
+        elif self.cfg.mode == "federated":
             metrics = self._federated_round(r)
         else:
             metrics = self._local_round(r)
@@ -275,7 +269,7 @@ class FastEngine:
         from simulations.habit_sim import habit_log_probs, predictor_hits
 
         test = [e for e in d.test if e.label is not None]
-        if probs is None or not test or len(d.habit_queries) != len(test):
+        if (probs is None and self.cfg.trains_lora) or not test or len(d.habit_queries) != len(test):
             return None
         if self.runs_scorer and self.scorer_weights is None:
             return None  # the scorer has not run (an engine driven without train_scorer)
@@ -290,6 +284,17 @@ class FastEngine:
         if hits is None:
             return {"lora_top1": m.get("top1"), "lora_top5": m.get("top5")}
         return metrics(hits, self.cfg.predictor)
+
+    def _habit_round(self, r: int) -> RoundResult:
+        """--predictor habit: nothing more is trained; every device scores its held-out events with counts (+ scorer)."""
+        for d in self.devices:
+            self.state[d.user].last_eval = self._with_habits(d, self._habit_labels(d), None, {})
+        evals = [st.last_eval for st in self.state.values() if "top1" in st.last_eval]
+        return self._round_result(r, evals, [], {"devices_evaluated": len(evals)})
+
+    def _habit_labels(self, d: SimDevice) -> list[str]:
+        """The labels a device's habit predictor ranks: the shared vocabulary (federated) or its own."""
+        return self.labels if self.cfg.mode == "federated" else sorted({e.label for e in d.train if e.label})
 
     # -- local only -----------------------------------------------------------------------
     def _local_round(self, r: int) -> RoundResult:
@@ -363,7 +368,7 @@ class FastEngine:
                     extra[f"{name}_top{k}"] = _mean(values)
         return RoundResult(
             round=r, top1=_mean([e["top1"] for e in evals]), top5=_mean([e["top5"] for e in evals]),
-            global_top1=_mean([e["global-top1"] for e in evals]) if self.cfg.mode == "federated" else None,
+            global_top1=_mean([e["global-top1"] for e in evals]) if self.cfg.mode == "federated" and self.cfg.trains_lora else None,
             epsilon_max=e_max, epsilon_median=e_med,
             bytes_up_per_device=float(statistics.mean(nbytes)) if nbytes else 0.0, wall_s=0.0, extra=extra,
         )
@@ -371,15 +376,16 @@ class FastEngine:
     def personal_hits(self, d: SimDevice) -> dict[str, list[bool]]:
         """Per held-out example: is each predictor's top-1 right? (planted-routine check)
 
-        "personalized" is the configured predictor (the number results.json reports as top1); "lora",
-        "habit" and "combined" are there when the habit statistics line up with the examples.
-        Federated: the same personalization `evaluate_device` does (fine-tune from the final global);
-        local: the device's own adapter.
+        "personalized" is the configured predictor's (results.json's top1), with "lora", "habit" and
+        "combined" when they ran. Federated LoRA: the personalization `evaluate_device` does; local: own adapter.
         """
         from federation.device import train_config
         from personal.training import DPConfig, train_adapter
 
         test = [e for e in d.test if e.label is not None]
+        if not self.cfg.trains_lora:
+            hits = self._hits(d, self._habit_labels(d), None)
+            return {"personalized": hits["habit"][1], "habit": hits["habit"][1]} if hits else {"personalized": [False] * len(test)}
         if self.cfg.mode == "federated":
             usable = [e for e in d.train if e.label in set(self.labels)]
             adapter = self.global_adapter

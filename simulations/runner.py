@@ -174,20 +174,23 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
         else:
             engine = FastEngine(cfg, devices, labels, out_dir / ".feature-cache",
                                 tick=lambda n: bar.advance(task, n), cache=feature_cache)
-            results["privacy"]["noise_multiplier"] = engine.fcfg.noise_multiplier if cfg.mode == "federated" else None
+            lora_fed = cfg.mode == "federated" and cfg.trains_lora
+            results["privacy"]["noise_multiplier"] = engine.fcfg.noise_multiplier if lora_fed else None
             results["habit_scorer"] = _habit_scorer(cfg, engine, bar)
-            if engine.scorer_plan is not None:
+            results["predictor"] = _predictor_summary(cfg, engine)
+            if cfg.mode == "federated":
                 results["privacy"]["budget_split"] = _budget_split(cfg, engine)
             results["timing"] = {"setup_s": time.perf_counter() - t_start}
             per_round = len(engine.cohort()) if cfg.devices_per_round else len(devices)
             task = bar.add_task("round 1", total=per_round)
+            rounds = cfg.rounds if cfg.trains_lora else 1  # --predictor habit: one evaluation, nothing trained
 
             def step(r: int) -> RoundResult:
-                bar.reset(task, total=per_round, description=f"round {r}/{cfg.rounds}")
+                bar.reset(task, total=per_round, description=f"round {r}/{rounds}" if cfg.trains_lora else "evaluating")
                 return engine.round(r)
 
             try:
-                run_loop(results, cfg.rounds, step, out_dir, done_status="finishing")
+                run_loop(results, rounds, step, out_dir, done_status="finishing")
             except KeyboardInterrupt:
                 interrupted = True
             results["devices"] = engine.device_rows()
@@ -219,8 +222,28 @@ def _habit_scorer(cfg: SimulationConfig, engine, bar) -> dict:
         task = bar.add_task(f"habit scorer: DP-FedAvg, {cfg.scorer_rounds} rounds", total=cfg.scorer_rounds)
         return {"kind": "federated", "predictor": cfg.predictor, "combine_weight": cfg.combine_weight,
                 **engine.train_scorer(lambda r: bar.advance(task, 1))}
-    kind = "own counts (smoothed mix), no release" if cfg.mode == "local" else "off"
+    from simulations.habit_sim import OWN_COUNTS
+
+    kind = f"own counts ({OWN_COUNTS.replace('_', ' ')}), no release" if cfg.mode == "local" else "off"
     return {"kind": kind, "predictor": cfg.predictor, "combine_weight": cfg.combine_weight}
+
+
+def _predictor_summary(cfg: SimulationConfig, engine) -> dict:
+    """What this run trains for its predictor (the ablation: what is not used is not trained)."""
+    from simulations.habit_sim import OWN_COUNTS
+
+    trained = []
+    if engine.runs_scorer:
+        trained.append("habit scorer (DP-FedAvg, user-level)" if not cfg.non_private else "habit scorer (NON-PRIVATE)")
+    if cfg.trains_lora and cfg.mode == "federated":
+        trained += ["LoRA rounds (DP-FedAvg, user-level)" if not cfg.non_private else "LoRA rounds (NON-PRIVATE)",
+                    "personal LoRA fine-tune (on device, not released)"]
+    elif cfg.trains_lora:
+        trained.append("local LoRA adapter (DP-SGD, record-level)" if not cfg.non_private else "local LoRA adapter (NON-PRIVATE)")
+    return {"predictor": cfg.predictor, "trained": trained, "lora_rounds": cfg.rounds if cfg.trains_lora else 0,
+            "own_counts": OWN_COUNTS,
+            "device_rule": ("the shared habit scorer unless the device's own counts did better on the last 20% of its "
+                            "training events" if engine.runs_scorer else "the device's own counts")}
 
 
 def _budget_split(cfg: SimulationConfig, engine) -> dict:
@@ -231,14 +254,17 @@ def _budget_split(cfg: SimulationConfig, engine) -> dict:
 
     if cfg.non_private:
         return {"habit_scorer": None, "lora": None, "total": None}
-    prior = list(engine.scorer_plan.prior)
+    prior = list(engine.scorer_plan.prior) if engine.scorer_plan else []
     k = min(len(engine.devices), cfg.devices_per_round or len(engine.devices))
-    lora = round_mechanism(engine.fcfg, k / len(engine.devices), cfg.rounds)
-    return {"habit_scorer": compute_epsilon(prior, cfg.delta, GATE_ACCOUNTANT),
-            "lora": compute_epsilon([lora], cfg.delta, GATE_ACCOUNTANT),
-            "total": compute_epsilon(prior + [lora], cfg.delta, GATE_ACCOUNTANT),
-            "note": (f"the habit scorer's noise is calibrated for {cfg.scorer_share:g} x ε, then the LoRA rounds' noise "
-                     "for the whole ε with the scorer's release as a prior: every ledger composes both")}
+    lora = [round_mechanism(engine.fcfg, k / len(engine.devices), cfg.rounds)] if cfg.trains_lora else []
+    part = lambda mechs: compute_epsilon(mechs, cfg.delta, GATE_ACCOUNTANT) if mechs else None  # noqa: E731
+    if prior and lora:
+        note = (f"the habit scorer's noise is calibrated for {cfg.scorer_share:g} x ε, then the LoRA rounds' noise for "
+                "the whole ε with the scorer's release as a prior: every ledger composes both")
+    else:
+        note = ("count features only: the habit scorer gets the whole ε; no LoRA round runs" if prior else
+                "LoRA only: no habit scorer runs; the LoRA rounds get the whole ε" if lora else "nothing is released")
+    return {"habit_scorer": part(prior), "lora": part(lora), "total": part(prior + lora) or 0.0, "note": note}
 
 
 def _throughput(results: dict, engine) -> dict:
