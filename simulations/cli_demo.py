@@ -130,7 +130,9 @@ def demo(
     cfg = SimulationConfig(**{**DEMO_DEFAULTS, "model": model, "devices": devices, "synthetic_devices": devices,
                               "rounds": rounds, "max_events": max_events, "out": str(out), "threads": threads or 1,
                               "data_dir": str(data_dir) if data_dir else None})
-    Console().rule(f"[bold]homebody demo: {devices} simulated devices personalize with a DP habit scorer + DP-LoRA ({model})")
+    what = {"habit": "a DP habit scorer over their own counts (no LoRA: it does not help, docs/BENCHMARKS.md)",
+            "lora": f"DP-LoRA ({model})", "combined": f"a DP habit scorer + DP-LoRA ({model})"}[cfg.predictor]
+    Console().rule(f"[bold]homebody demo: {devices} simulated devices personalize with {what}")
     results = run_simulation(cfg, show_progress=True)
     print_summary(results, out)
     planted = results.get("planted") or {}

@@ -35,7 +35,7 @@ def simulate(
     scorer_share: float = typer.Option(0.5, "--scorer-share", help="Share of the user-level ε the habit scorer spends (the LoRA rounds get the rest)."),
     scorer_rounds: int = typer.Option(60, "--scorer-rounds", help="DP-FedAvg rounds of the habit scorer (60: chosen on the foursquare validation split)."),
     scorer_cohort: int = typer.Option(100, "--scorer-cohort", help="Devices per habit-scorer round."),
-    predictor: str = typer.Option("combined", "--predictor", help="What is trained and reported: habit (count features + DP habit scorer, whole ε; no LoRA) | lora (LoRA only, whole ε) | combined (both, ε split)."),
+    predictor: str = typer.Option("habit", "--predictor", help="What is trained and reported: habit (default: count features + DP habit scorer, whole ε; no LoRA) | lora (LoRA only, whole ε) | combined (both, ε split)."),
     combine_weight: float = typer.Option(1.0, "--combine-weight", help="Weight of the LoRA log-probability in the combined score (fixed, not tuned)."),
 ) -> None:
     """Simulate a population of devices personalizing with DP-LoRA; writes results.json and plots."""

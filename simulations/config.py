@@ -77,7 +77,7 @@ class SimulationConfig:
     # "lora" (no scorer: the LoRA rounds get the whole epsilon) or "combined" (habit scores +
     # combine_weight x the LoRA log-probability; the budget split by scorer_share).
     # combine_weight is fixed a priori, never tuned on held-out events.
-    predictor: str = "combined"
+    predictor: str = "habit"  # the best on foursquare-nyc (docs/BENCHMARKS.md, the ablation)
     combine_weight: float = 1.0
 
     def validate(self) -> None:
@@ -120,8 +120,9 @@ class SimulationConfig:
         if self.threads < 1:
             raise BadSimulationConfig(f"--threads must be at least 1 (got {self.threads})")
         if self.audit_canaries and (self.audit_canaries < 2 or self.mode != "federated" or self.engine != "fast"
-                                    or self.non_private):
-            raise BadSimulationConfig("--audit-canaries needs K >= 2 and a private federated run on the fast engine")
+                                    or self.non_private or not self.trains_lora):
+            raise BadSimulationConfig("--audit-canaries needs K >= 2 and a private federated run on the fast engine "
+                                      "with LoRA rounds (--predictor lora or combined)")
 
     @property
     def trains_lora(self) -> bool:

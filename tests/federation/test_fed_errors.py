@@ -70,7 +70,7 @@ def test_a_failed_flower_simulation_prints_one_line_and_exits_1(flower_env, monk
     model = _damaged_model_folder(flower_env / "damaged-model")
     code, _, err = run_homebody(monkeypatch, capsys, "simulate", "--engine", "flower", "--model", str(model),
                                 "--dataset", "synthetic", "--synthetic-devices", "2", "--devices", "2",
-                                "--rounds", "1", "--out", str(flower_env / "out"))
+                                "--rounds", "1", "--predictor", "lora", "--out", str(flower_env / "out"))
     assert code == 1
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Flower simulation failed" in errors[0], err[-2000:]

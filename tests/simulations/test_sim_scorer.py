@@ -14,7 +14,7 @@ from simulations.sweep import markdown, run_row
 
 from tests.cli_support import run_homebody
 
-SMALL = dict(dataset="synthetic", synthetic_devices=5, devices=5, model="tiny", max_events=60, rounds=2)
+SMALL = dict(dataset="synthetic", synthetic_devices=5, devices=5, model="tiny", max_events=60, rounds=2, predictor="combined")
 
 
 def _user_records(vault_dir):
@@ -115,7 +115,7 @@ def test_bad_scorer_settings_are_one_typed_error(field, value):
 def test_cli_summary_shows_the_scorer_and_the_split_and_refuses_a_bad_predictor(monkeypatch, capsys, tmp_path):
     code, out, err = run_homebody(monkeypatch, capsys, "simulate", "--model", "tiny", "--devices", "4",
                                   "--synthetic-devices", "4", "--rounds", "1", "--max-events", "40",
-                                  "--scorer-rounds", "3", "--out", str(tmp_path / "ok"))
+                                  "--scorer-rounds", "3", "--predictor", "combined", "--out", str(tmp_path / "ok"))
     assert code == 0, err
     assert "habit scorer (DP-FedAvg, user-level)" in out and "LoRA personal model" in out
     assert "personalized (= combined)" in out and "budget split" in out and "best counting" in out

@@ -12,7 +12,7 @@ from simulations.runner import BadSimulationConfig, SimulationConfig, load_resul
 from simulations.sweep import SweepConfig, run_dir, run_sweep
 from tests.cli_support import run_homebody
 
-BASE = dict(dataset="synthetic", synthetic_devices=4, devices=3, rounds=1, model="tiny", max_events=60)
+BASE = dict(dataset="synthetic", synthetic_devices=4, devices=3, rounds=1, model="tiny", max_events=60, predictor="combined")
 
 
 def test_sweep_runs_every_configuration_resumes_and_tabulates(tmp_path: Path):
