@@ -281,6 +281,11 @@ def _throughput(results: dict, engine) -> dict:
 def _stated_epsilons(cfg: SimulationConfig, results: dict) -> dict:
     """The record- and user-level (epsilon, delta) the run used, stated plainly for the output."""
     final = results.get("final") or {}
+    if cfg.mode == "federated" and not cfg.trains_lora:
+        return {"user_epsilon": final.get("epsilon_max", 0.0), "record_epsilon": final.get("epsilon_max", 0.0),
+                "record_note": ("user-level DP covers every record of a device, so the habit scorer's shared weights are "
+                                "also record-level DP at the same epsilon; no adapter is trained (--predictor habit) and the "
+                                "habit statistics are counted on the device: they never leave its vault")}
     if cfg.mode == "federated":
         return {
             "user_epsilon": final.get("epsilon_max", 0.0),
@@ -290,5 +295,8 @@ def _stated_epsilons(cfg: SimulationConfig, results: dict) -> dict:
                             "personal adapter is fine-tuned on the device without DP-SGD and the habit statistics are "
                             "counted on the device: neither leaves its vault"),
         }
+    if not cfg.trains_lora:
+        return {"record_epsilon": final.get("epsilon_max", 0.0), "user_epsilon": None,
+                "record_note": "local-only, --predictor habit: the device's own counts; nothing is trained or released"}
     return {"record_epsilon": final.get("epsilon_max", 0.0), "user_epsilon": None,
             "record_note": "local-only: nothing leaves the device; the local adapter is DP-SGD at record level"}
