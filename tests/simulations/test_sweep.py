@@ -56,10 +56,11 @@ def test_sweep_cli_takes_epsilons_as_separate_words(tmp_path: Path, monkeypatch,
     assert parse_epsilons("1,3 8", []) == (1.0, 3.0, 8.0)
     code, out, _ = run_homebody(monkeypatch, capsys, "sweep", "--model", "tiny", "--devices", "2", "--rounds", "1",
                                 "--max-events", "40", "--modes", "local", "--no-non-private",
-                                "--epsilons", "2", "8", "--out", str(tmp_path / "cli"))
+                                "--epsilons", "2", "8", "--predictor", "lora", "--out", str(tmp_path / "cli"))
     assert code == 0, out
     table = json.loads((tmp_path / "cli" / "table.json").read_text())
     assert [r["epsilon"] for r in table["runs"]] == [2.0, 8.0]
+    assert [r["predictor"] for r in table["runs"]] == ["lora", "lora"]  # --predictor reaches every run
     assert "| local only | ε=2 record-level" in out
 
 
