@@ -213,3 +213,11 @@ def test_sdk_and_api_predictors(tmp_path):
         assert a.suggest(MON_7, predictor="lora").predictor == "lora"
     with Assistant.open(path, PASS, "ana", "tiny", predictor="lora") as a:  # the config's predictor
         assert a.suggest(MON_7).predictor == "lora"
+
+
+def test_serve_refuses_an_unknown_default_predictor(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOMEBODY_PASSPHRASE", PASS)
+    path = str(_vault(tmp_path / "v.db"))
+    code, _, err = _homebody(monkeypatch, capsys, "serve", "--vault", path, "--port", "0", "--predictor", "markov")
+    assert code == 1 and len(_lines(err)) == 1 and "unknown predictor 'markov'" in err, err
+    assert not Path(path + ".token").exists()  # refused before anything was created
