@@ -38,6 +38,8 @@ class Suggestions:
     def line(self) -> str:
         """E.g. ``Tue 08:10 — Coffee Shop 0.62, Subway 0.21``."""
         when = f"{DAYS[self.at.weekday()]} {self.at:%H:%M}"
+        if not self.items:
+            return f"{when} — nothing to suggest yet (no events before this time)"
         return f"{when} — " + ", ".join(f"{lab} {p:.2f}" for lab, p in self.items)
 
 

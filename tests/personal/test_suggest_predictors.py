@@ -120,9 +120,11 @@ def test_cold_start_gets_the_shared_vocabulary(tmp_path, base):
         v.add_events([Event("new", datetime(2026, 1, 30, 8, 10), "Coffee Shop"),
                       Event("new", datetime(2026, 1, 31, 8, 20), "Coffee Shop")])
         alone = suggest_with(v, "new", base, MON_7, k=4)
+        early = suggest_with(v, "new", base, datetime(2026, 1, 1, 7, 0))  # before the owner's first event
         _store_shared(v, "new", {"Office": 2.0, "Gym": 1.0})
         shared = suggest_with(v, "new", base, MON_7, k=4)
     assert [n for n, _ in alone.items] == ["Coffee Shop"]  # two events: counting knows one name only
+    assert early.line() == "Thu 07:00 — nothing to suggest yet (no events before this time)"
     assert {n for n, _ in shared.items} == set(SHARED)
     unseen = [n for n, _ in shared.items if n != "Coffee Shop"]
     assert unseen == ["Office", "Gym", "Museum"]  # the population's bias orders what the owner never did
