@@ -370,7 +370,8 @@ PREDICTORS = ("habit", "lora", "combined")
 # What `suggest` ranks with unless told otherwise: the CLI (--predictor), the SDK (Assistant.suggest,
 # AssistantConfig.predictor) and the API (?predictor=) all read this one constant. "habit": the
 # scorer with the vault's shared weights, else the owner's own counts (docs/BENCHMARKS.md: the
-# scorer 0.378 vs best counting 0.336 top-1 on foursquare-nyc; LoRA combinations lost on 50 users).
+# scorer 0.378 vs best counting 0.336 top-1 on foursquare-nyc's 1,082 users; an early 50-user run of
+# the combinations with LoRA did not beat the scorer). To be revisited with the full ablation.
 DEFAULT_PREDICTOR = "habit"
 COMBINE_WEIGHT = 1.0  # combined = habit log-probabilities + this x the adapter's: fixed a priori, never tuned
 FLOOR = 30.0  # a candidate a predictor cannot score sits this far (in log-probability) below its worst one
