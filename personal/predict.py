@@ -122,21 +122,20 @@ def suggest_from_counts(vault: "Vault", profile: str, at: datetime | None = None
 
 
 def suggest_with(vault: "Vault", profile: str, base: "BaseModel | str", at: datetime | None = None, k: int = 5,
-                 context: Mapping[str, str] | None = None, predictor: str | None = None,
-                 load: "Callable[[], BaseModel] | None" = None) -> Suggestions:
+                 context: Mapping[str, str] | None = None, predictor: str | None = None) -> Suggestions:
     """Top-``k`` next events by ``predictor`` (None: ``personal.habits.DEFAULT_PREDICTOR``).
 
     ``habit``: ``habit_probs``. ``lora``: the owner's adapter on ``base`` (ArtefactNotFound without
     one). ``combined``: habit log-probabilities + COMBINE_WEIGHT x the adapter's, over the union of
     their candidates (``personal.habits.combined_scores``); without an adapter it falls back to
     ``habit`` and says so in the privacy line. ``base`` is a loaded base or its name; a name is
-    loaded (by ``load``, default ``load_base``) only when an adapter is used.
+    loaded only when an adapter is used.
     """
     from personal.habits import check_predictor, top_k
 
     name = check_predictor(predictor)
     at = at or datetime.now().astimezone()
-    load = load or _once(base)
+    load = _once(base)
     if name == "lora":
         return suggest(vault, profile, load(), at, k, context)
     names, probs, label = habit_probs(vault, profile, at)
