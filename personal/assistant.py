@@ -6,7 +6,7 @@
         a.record({"event": "Coffee Shop", "timestamp": "2026-01-05T08:10"})
         job = a.personalize(epsilon=1.0, on_progress=print)   # background thread, budget-aware
         job.wait()                                             # re-raises BudgetExhausted etc.
-        a.suggest(k=3).items                                   # [("Coffee Shop", 0.61), ...]
+        a.suggest(k=3).items                                   # [("Coffee Shop", 0.61), ...] (habit counts by default)
         reply = a.chat([{"role": "user", "content": "what do I do on Mondays?"}])
         reply.text, reply.label, reply.manifest                # labelled text + signed manifest
         a.budget(); a.forget()
@@ -17,7 +17,10 @@ answer path: question → facts from the owner's events → phrasing → check �
 ``homebody ask`` uses; model text goes through ``generate_labelled_batch``: visible label, signed
 manifest, keyed watermark) and ``privacy.budget`` / ``privacy.report``.
 
-Models: ``model`` is the base the owner's adapter is trained on and ``suggest`` uses;
+Suggestions: ``suggest`` ranks with ``personal.habits.DEFAULT_PREDICTOR`` unless the call or the
+config names another predictor (habit, lora, combined); chat's "what next" uses the adapter.
+
+Models: ``model`` is the base the owner's adapter is trained on and ``suggest`` uses (lora, combined);
 ``chat_model`` is the causal base that answers. A causal ``model`` (``tiny-causal``,
 ``smollm2-135m``) serves both, so chat answers with the owner's adapter. An encoder ``model``
 is paired with a causal partner (``tiny`` → ``tiny-causal``, ``minilm-l6`` → ``smollm2-135m``),
@@ -49,6 +52,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from personal.errors import ArtefactNotFound, InvalidEvent, ProfileNotFound
+from personal.habits import PREDICTORS, check_predictor
 from personal.vault import Event, Vault, VaultConfig
 from privacy.errors import HomebodyError
 
@@ -94,6 +98,7 @@ class AssistantConfig:
     chat_batch: int = 8
     token_cap: int = 512  # no answer is longer, whatever a request asks
     phrasing: str = "template"  # habit answers: "template" (from the facts) or "model" (rephrased, then checked)
+    predictor: str | None = None  # suggest's predictor: habit, lora or combined (None: personal.habits.DEFAULT_PREDICTOR)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 4096 or not 1 <= self.chat_batch <= 256 or self.history < 1 \
@@ -101,6 +106,8 @@ class AssistantConfig:
             raise AssistantError("max_new_tokens and token_cap must be 1..4096, chat_batch 1..256 and history >= 1")
         if self.phrasing not in ("template", "model"):
             raise AssistantError(f"phrasing must be 'template' or 'model', got {self.phrasing!r}")
+        if self.predictor is not None and self.predictor not in PREDICTORS:
+            raise AssistantError(f"predictor must be one of {', '.join(PREDICTORS)} or None, got {self.predictor!r}")
 
     @property
     def chat_name(self) -> str:
@@ -447,17 +454,25 @@ class Assistant:
             raise JobNotFound(f"no job {job_id!r}") from None
 
     # ---------------------------------------------------------------- suggest
-    def suggest(self, at: datetime | None = None, k: int = 5, context: Mapping[str, str] | None = None) -> "Suggestions":
-        """The top-``k`` next events at ``at`` (default now) with probabilities, from the owner's adapter."""
-        from personal.predict import suggest
+    def suggest(self, at: datetime | None = None, k: int = 5, context: Mapping[str, str] | None = None,
+                predictor: str | None = None) -> "Suggestions":
+        """The top-``k`` next events at ``at`` (default now) with probabilities.
+
+        ``predictor``: ``habit`` (habit counts, ranked by the vault's federated shared weights when
+        present), ``lora`` (the owner's adapter; ``ArtefactNotFound`` without one) or ``combined``
+        (both; habit alone, said in ``privacy``, until an adapter exists). None: the config's,
+        else ``personal.habits.DEFAULT_PREDICTOR``. ``Suggestions.predictor`` names the one used.
+        """
+        from personal.predict import suggest_with
 
         if not isinstance(k, int) or k < 1:
             raise AssistantError(f"k must be a positive integer, got {k!r}")
+        name = check_predictor(predictor if predictor is not None else self.config.predictor)
         with self._model_lock:
-            base = self._base(self.config.model)
+            base = self.config.model if name == "habit" else self._base(self.config.model)
             with self._vault_lock:
                 self._require_profile()
-                return suggest(self.vault, self.profile, base, at, k=k, context=context)
+                return suggest_with(self.vault, self.profile, base, at, k=k, context=context, predictor=name)
 
     def _require_profile(self) -> None:
         if not self.vault.has_profile(self.profile):
@@ -517,7 +532,7 @@ class Assistant:
                     (ADAPTER, self.config.model) not in self.vault.list_artefacts(self.profile):
                 return None
         try:
-            return self.suggest(k=3)
+            return self.suggest(k=3, predictor="lora")
         except (ArtefactNotFound, ProfileNotFound, TrainingError):
             return None
 

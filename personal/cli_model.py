@@ -12,9 +12,13 @@ from typing import Optional
 import typer
 
 from personal.cli_common import KeyFile, VaultPath, console, err_console, open_vault
+from personal.habits import DEFAULT_PREDICTOR
 from privacy.errors import HomebodyError
 
 MODEL_HELP = "Base model: minilm-l6, smollm2-135m, tiny, tiny-causal, or a local Hugging Face folder."
+PREDICTOR_HELP = ("habit: your habit counts, ranked by the federation's shared weights when the vault has them; "
+                  "lora: your DP adapter; combined: both (habit alone, with a note, until an adapter is trained). "
+                  f"Default: {DEFAULT_PREDICTOR}.")
 
 
 class BadOption(HomebodyError):
@@ -51,6 +55,7 @@ def personalize(
     from personal.adapter import LoraSettings
     from personal.models import load_base
     from personal.personalize import personalize as run
+    from personal.predict import default_use
     from personal.training import DPConfig, TrainConfig
 
     if non_private and (epsilon is not None or noise_multiplier is not None):
@@ -89,6 +94,7 @@ def personalize(
             raise
         finally:
             bar.stop()
+        uses = default_use(v, profile, base.name)
     if out.resumed_from:
         console.print(f"resumed from step {out.resumed_from}")
     console.print(f"{profile}: adapter for {base.name} stored sealed in the vault "
@@ -97,34 +103,34 @@ def personalize(
     if out.plan is None:
         console.print("[yellow]recorded in the ledger as a non-private release (epsilon = inf): "
                       "the budget gate refuses further private releases for this profile[/]")
+    console.print(uses, highlight=False, markup=False)
 
 
 def suggest(
     profile: str = typer.Option(..., "--profile"),
     at: Optional[str] = typer.Option(None, "--at", help="When (ISO, local time), default now."),
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many suggestions."),
-    model: str = typer.Option("minilm-l6", "--model", help=MODEL_HELP),
-    habits: bool = typer.Option(False, "--habits", help="Rank by your own habit counts only (no model, no adapter needed)."),
+    model: str = typer.Option("minilm-l6", "--model", help=MODEL_HELP + " Read only by the lora and combined predictors."),
+    predictor: Optional[str] = typer.Option(None, "--predictor", help=PREDICTOR_HELP, show_default=False),
+    habits: bool = typer.Option(False, "--habits", help="Deprecated: the same as --predictor habit."),
     vault: VaultPath = None,
     key_file: KeyFile = None,
 ) -> None:
-    """The top-k next events with probabilities, e.g. `Tue 08:10 — Coffee Shop 0.62, Subway 0.21`."""
+    """The top-k next events with probabilities, e.g. `Tue 08:10 — Coffee Shop 0.62, Subway 0.21`.
+
+    The second line says which predictor ranked them and what was learnt under which DP.
+    """
+    from personal.habits import check_predictor
+    from personal.predict import suggest_with
+
     when = _parse_at(at)
-    if habits:
-        from personal.predict import suggest_from_counts
-
-        with open_vault(vault, key_file) as v:
-            out = suggest_from_counts(v, profile, when, k=top)
-        console.print(out.line(), highlight=False)
-        console.print(f"[dim]{out.privacy}[/]")
-        return
-    from personal.models import load_base
-    from personal.predict import suggest as run
-
+    if habits and predictor not in (None, "habit"):
+        raise BadOption(f"--habits means --predictor habit; it contradicts --predictor {predictor}")
+    chosen = check_predictor("habit" if habits else predictor)
     with open_vault(vault, key_file) as v:
-        out = run(v, profile, load_base(model), when, k=top)
+        out = suggest_with(v, profile, model, when, k=top, predictor=chosen)
     console.print(out.line(), highlight=False)
-    console.print(f"[dim]{out.privacy}[/]")
+    console.print(f"predictor {out.predictor} — {out.privacy}", style="dim", highlight=False, markup=False, soft_wrap=True)
 
 
 def ask(

@@ -9,6 +9,7 @@ import typer
 
 from personal.cli_common import KeyFile, VaultPath, console, err_console, get_passphrase, resolve_vault_path
 from personal.errors import NotAVault
+from personal.habits import DEFAULT_PREDICTOR, check_predictor
 
 MODEL_HELP = "Base model of the owner's adapter: tiny, tiny-causal, minilm-l6, smollm2-135m or a local folder."
 
@@ -26,12 +27,16 @@ def serve(
     chat_batch: int = typer.Option(8, "--chat-batch", min=1, max=256, help="Concurrent chats answered in one generate call."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; 1 helps on a busy machine)."),
+    predictor: Optional[str] = typer.Option(None, "--predictor", show_default=False,
+                                            help=f"What GET /v1/suggestions ranks with unless a request says: habit, lora or "
+                                                 f"combined (default: {DEFAULT_PREDICTOR})."),
 ) -> None:
     """Serve the owner's assistant: OpenAI-compatible chat, events, suggestions, personalization, budget, erasure."""
     from personal.assistant import Assistant
     from personal.auth import ensure_token, token_path
     from personal.server import serve as run
 
+    check_predictor(predictor)  # a bad option fails before anything is created
     if threads is not None:
         import torch
 
@@ -46,7 +51,7 @@ def serve(
         err_console.print(f"[yellow]warning: binding {host} exposes the API beyond this device (the token is still required)[/]")
     with Assistant.open(path, get_passphrase(key_file), profile, model, chat_model=chat_model,
                         max_new_tokens=min(max_new_tokens, token_cap), token_cap=token_cap,
-                        chat_batch=chat_batch) as assistant:
+                        chat_batch=chat_batch, predictor=predictor) as assistant:
 
         def ready(url: str) -> None:
             console.print(f"homebody API for {assistant.profile!r} at {url} (token: {token_path(path)}); Ctrl-C stops",
