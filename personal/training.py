@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 
     from privacy.accountant import SubsampledGaussian
 
-__all__ = ["LoraSettings", "DPConfig", "TrainConfig", "TrainResult", "MechanismPlan", "PersonalModel",
+__all__ = ["LoraSettings", "DPConfig", "TrainConfig", "DEFAULT_EPSILON", "personal_lora", "TrainResult", "MechanismPlan",
+           "PersonalModel",
            "TrainingError", "usable_examples", "wrap", "plan_mechanism", "train_adapter"]
 
 DEFAULT_TARGETS = {"encoder": ("query", "value"), "causal": ("q_proj", "v_proj")}
 LM_SHARE = "lm"
+DEFAULT_EPSILON = 3.0  # the target epsilon of a personalization that names neither epsilon nor noise (CLI, SDK, API)
 
 
 class TrainingError(HomebodyError):
@@ -89,11 +91,22 @@ class DPConfig:
             raise TrainingError(f"need 0 < delta < 1 and max_grad_norm > 0 (got {self.delta}, {self.max_grad_norm})")
 
 
+def personal_lora() -> LoraSettings:
+    """The LoRA placement of a personalization unless told otherwise: ``LoraSettings``' rank on the
+    top layer only, so the frozen lower layers' outputs are computed once and cached (the
+    federation's shared adapter uses the same placement)."""
+    return LoraSettings(layers=(-1,))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. ``batch_size`` is the EXPECTED batch size under Poisson sampling."""
+    """Optimisation settings. ``batch_size`` is the EXPECTED batch size under Poisson sampling.
 
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    The defaults are the one source of ``homebody personalize``'s options, the SDK's
+    ``Assistant.personalize`` and the local API's ``POST /v1/personalize`` (tests/test_defaults.py).
+    """
+
+    lora: LoraSettings = field(default_factory=personal_lora)
     epochs: float = 3.0
     batch_size: int = 32
     sample_rate: float | None = None  # fixes q (expected batch = q * n) instead of batch_size
