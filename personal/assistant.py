@@ -619,19 +619,13 @@ class Assistant:
 
     # ---------------------------------------------------------------- privacy
     def budget(self) -> list[Budget]:
-        """The owner's record-level and user-level budgets (spent, cap, remaining epsilon)."""
+        """The owner's record-level and user-level budgets (spent, cap, remaining epsilon): ``ReleaseGate.status``."""
         from privacy.budget import ReleaseGate
-        from privacy.ledger import UNITS
 
         with self._vault_lock:
             gate = ReleaseGate(self.vault.db, signer=self.vault.signing_key())
-            out = []
-            for unit in UNITS:
-                pol = gate.policy(self.profile, unit)
-                spent = gate.spent(self.profile, unit)
-                out.append(Budget(self.profile, unit, None if spent == float("inf") else spent, pol.epsilon_cap,
-                                  max(0.0, pol.epsilon_cap - spent), pol.delta, len(gate.ledger.records(self.profile, unit))))
-            return out
+            return [Budget(s.profile, s.unit, None if s.unbounded else s.spent, s.cap, s.remaining, s.delta, s.releases)
+                    for s in gate.status(self.profile)]
 
     def privacy_report(self) -> dict[str, Any]:
         """The verified ledger report for the owner (``privacy.report.ledger_report``)."""
