@@ -402,20 +402,38 @@ def _Upper(base: BaseModel, blocks, head):
 
 
 def wrap(base: BaseModel, lora: LoraSettings | None = None) -> PersonalModel:
-    """The base's ``PersonalModel`` for ``lora``: injected on first use, then reused.
+    """The base's ``PersonalModel`` for ``lora`` (default: ``personal_lora()``): injected on first
+    use, then reused while the settings stay the same.
 
-    A loaded base holds LoRA layers for one setting; ask for another and you get a typed error
-    (load the base again for it).
+    Asked for other settings (an adapter trained by ``homebody personalize --rank 4``, then one
+    from the SDK's defaults, on one served base), the base's LoRA layers are taken out and the new
+    ones injected: the previous ``PersonalModel`` is dropped (its adapter was in the vault, not
+    here). Callers that share a base across threads hold their model lock around wrap and use.
     """
-    lora = lora or LoraSettings()
+    lora = lora or personal_lora()
     key = "personal-model"
     pm = base.wrapped.get(key)
+    if pm is not None and pm.lora != lora:
+        _remove_lora(base)
+        del base.wrapped[key]
+        pm = None
     if pm is None:
         pm = PersonalModel(base, lora)
         base.wrapped[key] = pm
-    elif pm.lora != lora:
-        raise TrainingError(f"this loaded base is already wrapped with {pm.lora}; load it again for {lora}")
     return pm
+
+
+def _remove_lora(base: BaseModel) -> None:
+    """Put every module peft wrapped with LoRA back to the plain layer it wrapped."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    targets = [name for name, module in base.model.named_modules() if isinstance(module, BaseTunerLayer)]
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = base.model.get_submodule(parent_name) if parent_name else base.model
+        setattr(parent, child, getattr(parent, child).get_base_layer())
+    if "peft_config" in vars(base.model):  # peft's record of the injection: the next one starts afresh
+        del base.model.peft_config
 
 
 # -- training -------------------------------------------------------------------------------------
