@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from federation.clientapp import AuditWriter, make_client_app
 from federation.config import FederationConfig, FederationSetupError
@@ -52,13 +53,31 @@ def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, nu
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
     try:
-        flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
+        with _flower_logs_on_flower_handler():
+            flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
     except HomebodyError:
         raise  # the ServerApp's own error (an unknown base...), re-raised by Flower: already one line for a user
     except Exception as exc:  # Flower re-raises the ServerApp's errors and wraps its runtime's crashes
         LOG.debug("the Flower simulation failed", exc_info=True)
         raise FederationSetupError(f"the Flower simulation failed: {_root_cause(exc)}") from exc
     return sink[0] if sink else None
+
+
+@contextmanager
+def _flower_logs_on_flower_handler() -> Iterator[None]:
+    """While Flower runs, its records stay on its own console handler (INFO and up).
+
+    Flower's logger passes DEBUG records up to the root logger, and opacus installs a root stderr
+    handler on import (``logging.basicConfig``): without this every run printed Flower's DEBUG
+    lines and each of its warnings twice around the one-line result or error.
+    """
+    flower = logging.getLogger("flwr")
+    before = flower.propagate
+    flower.propagate = False
+    try:
+        yield
+    finally:
+        flower.propagate = before
 
 
 def _root_cause(exc: BaseException) -> str:
