@@ -53,7 +53,7 @@ def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, nu
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
     try:
-        with _flower_logs_on_flower_handler():
+        with _no_flower_debug_records():
             flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
     except HomebodyError:
         raise  # the ServerApp's own error (an unknown base...), re-raised by Flower: already one line for a user
@@ -64,20 +64,30 @@ def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, nu
 
 
 @contextmanager
-def _flower_logs_on_flower_handler() -> Iterator[None]:
-    """While Flower runs, its records stay on its own console handler (INFO and up).
+def _no_flower_debug_records() -> Iterator[None]:
+    """While Flower runs, its DEBUG records are dropped (INFO and up still reach every handler).
 
-    Flower's logger passes DEBUG records up to the root logger, and opacus installs a root stderr
-    handler on import (``logging.basicConfig``): without this every run printed Flower's DEBUG
-    lines and each of its warnings twice around the one-line result or error.
+    Flower's logger is at DEBUG and passes its records up to the root logger, where opacus installs
+    a stderr handler on import (``logging.basicConfig``): without this filter every run printed
+    Flower's DEBUG lines around the one-line result or error.
     """
-    flower = logging.getLogger("flwr")
-    before = flower.propagate
-    flower.propagate = False
+    flower, only_info = logging.getLogger("flwr"), _AtLeast(logging.INFO)
+    flower.addFilter(only_info)
     try:
         yield
     finally:
-        flower.propagate = before
+        flower.removeFilter(only_info)
+
+
+class _AtLeast(logging.Filter):
+    """Pass records at ``level`` or above."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 def _root_cause(exc: BaseException) -> str:
