@@ -39,25 +39,27 @@ def test_cli_then_sdk_personalize_on_one_server(tmp_path, monkeypatch, capsys, c
     server, url = start_in_thread(assistant, read_token(path))
     try:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {read_token(path)}"}, timeout=300) as c:
-            assert c.get("/suggestions").status_code == 409  # no adapter yet
+            lora = {"predictor": "lora", "k": 2}  # the owner's adapter on the served base (the default ranks habit counts)
+            assert c.get("/suggestions", params=lora).status_code == 409  # no adapter yet
             monkeypatch.setenv("HOMEBODY_PASSPHRASE", PASSPHRASE)
             code, out, err = run_homebody(monkeypatch, capsys, "personalize", "--vault", str(path), "--profile", PROFILE,
                                           "--model", "tiny", "--noise-multiplier", "3", "--epochs", "1", *cli_settings)
             assert code == 0, err
-            first = c.get("/suggestions", params={"k": 2})
+            first = c.get("/suggestions", params=lora)
             assert first.status_code == 200, first.text  # the served base now holds the CLI's LoRA layers
 
             started = c.post("/personalize", json={"noise_multiplier": 3.0, "epochs": 1})
             assert started.status_code == 202, started.text
             job = _wait_done(c, started.json()["id"])
             assert job["state"] == "done", job
-            again = c.get("/suggestions", params={"k": 2})
+            again = c.get("/suggestions", params=lora)
             assert again.status_code == 200, again.text
             items = again.json()["items"]
+            assert again.json()["predictor"] == "lora"
             assert len(items) == 2 and {i["event"] for i in items} <= {"Coffee Shop", "Office", "Park", "Subway"}
             assert c.get("/privacy/budget").json()["budgets"][0]["releases"] == 2  # both releases in the one ledger
-        sug = assistant.suggest(k=3)  # the SDK in-process, same served base
-        assert len(sug.items) == 3
+        sug = assistant.suggest(k=3, predictor="lora")  # the SDK in-process, same served base
+        assert len(sug.items) == 3 and sug.predictor == "lora"
     finally:
         server.should_exit = True
         server.thread.join(10)
