@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from federation.clientapp import AuditWriter, make_client_app
 from federation.config import FederationConfig, FederationSetupError
@@ -52,13 +53,41 @@ def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, nu
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
     try:
-        flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
+        with _no_flower_debug_records():
+            flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
     except HomebodyError:
         raise  # the ServerApp's own error (an unknown base...), re-raised by Flower: already one line for a user
     except Exception as exc:  # Flower re-raises the ServerApp's errors and wraps its runtime's crashes
         LOG.debug("the Flower simulation failed", exc_info=True)
         raise FederationSetupError(f"the Flower simulation failed: {_root_cause(exc)}") from exc
     return sink[0] if sink else None
+
+
+@contextmanager
+def _no_flower_debug_records() -> Iterator[None]:
+    """While Flower runs, its DEBUG records are dropped (INFO and up still reach every handler).
+
+    Flower's logger is at DEBUG and passes its records up to the root logger, where opacus installs
+    a stderr handler on import (``logging.basicConfig``): without this filter every run printed
+    Flower's DEBUG lines around the one-line result or error.
+    """
+    flower, only_info = logging.getLogger("flwr"), _AtLeast(logging.INFO)
+    flower.addFilter(only_info)
+    try:
+        yield
+    finally:
+        flower.removeFilter(only_info)
+
+
+class _AtLeast(logging.Filter):
+    """Pass records at ``level`` or above."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -51,17 +51,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from personal.base_identity import CHAT_PARTNER, DEFAULT_BASE, chat_partner  # noqa: F401 (CHAT_PARTNER: re-exported)
 from personal.errors import ArtefactNotFound, InvalidEvent, ProfileNotFound
 from personal.habits import PREDICTORS, check_predictor
+from personal.training import DPConfig, TrainConfig
 from personal.vault import Event, Vault, VaultConfig
 from privacy.errors import HomebodyError
 
 if TYPE_CHECKING:
+    from personal.adapter import LoraSettings
     from personal.models import BaseModel
     from personal.predict import Suggestions
     from personal.provenance import LabelledText
 
-CHAT_PARTNER = {"tiny": "tiny-causal", "tiny-encoder": "tiny-causal", "minilm-l6": "smollm2-135m"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 DEFAULT_PROFILE = "owner"
 UNIT = "record"
@@ -91,8 +93,8 @@ class InvalidMessages(AssistantError, ValueError):
 class AssistantConfig:
     """Which bases serve the owner, and how chat generates."""
 
-    model: str = "tiny"
-    chat_model: str | None = None  # None: ``model`` if causal, else its partner (CHAT_PARTNER)
+    model: str = DEFAULT_BASE  # the CLI's default too (tests/test_defaults.py)
+    chat_model: str | None = None  # None: ``model`` if causal, else its partner (personal.base_identity.CHAT_PARTNER)
     max_new_tokens: int = 48
     history: int = 3
     chat_batch: int = 8
@@ -112,7 +114,7 @@ class AssistantConfig:
     @property
     def chat_name(self) -> str:
         """The base that answers chats."""
-        return self.chat_model or CHAT_PARTNER.get(self.model, self.model)
+        return self.chat_model or chat_partner(self.model)
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ class Assistant:
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
-    def open(cls, vault_path: str | os.PathLike, passphrase: str, profile: str | None = None, model: str = "tiny",
+    def open(cls, vault_path: str | os.PathLike, passphrase: str, profile: str | None = None, model: str = AssistantConfig.model,
              **config: Any) -> "Assistant":
         """Open an existing vault for ``profile`` (default: its only profile, or ``owner`` when empty)."""
         vault = Vault.open(vault_path, passphrase)
@@ -288,7 +290,8 @@ class Assistant:
             raise
 
     @classmethod
-    def create(cls, vault_path: str | os.PathLike, passphrase: str, profile: str = DEFAULT_PROFILE, model: str = "tiny",
+    def create(cls, vault_path: str | os.PathLike, passphrase: str, profile: str = DEFAULT_PROFILE,
+               model: str = AssistantConfig.model,
                *, vault_config: VaultConfig = VaultConfig(), **config: Any) -> "Assistant":
         """Create a new vault (and its API token, see ``personal.auth``) and open it for ``profile``."""
         from personal.auth import ensure_token
@@ -385,23 +388,25 @@ class Assistant:
             return self.vault.count(self.profile) if self.vault.has_profile(self.profile) else 0
 
     # ---------------------------------------------------------------- personalization
-    def personalize(self, epsilon: float | None = 3.0, *, noise_multiplier: float | None = None, epochs: float = 3.0,
-                    batch_size: int = 32, non_private: bool = False, on_progress: Callable[[Job], None] | None = None,
+    def personalize(self, epsilon: float | None = None, *, noise_multiplier: float | None = None,
+                    epochs: float = TrainConfig.epochs, batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr,
+                    max_grad_norm: float = DPConfig.max_grad_norm, lora: "LoraSettings | None" = None,
+                    non_private: bool = False, on_progress: Callable[[Job], None] | None = None,
                     background: bool = True) -> Job:
         """Train the owner's adapter with DP-LoRA within the budget; returns the ``Job``.
 
         ``background=True`` starts a thread and returns at once (``job.wait()`` re-raises a
         ``BudgetExhausted`` with ``.remaining``); ``background=False`` runs here and raises
         directly. ``on_progress(job)`` is called after every step. A ``noise_multiplier`` replaces
-        the target epsilon (the release's epsilon is then computed, not searched for).
+        the target epsilon (the release's epsilon is then computed, not searched for); with neither,
+        the target is ``personal.training.DEFAULT_EPSILON``. Every default is the one
+        ``homebody personalize`` has (``personal.personalize.release_configs``; ``lora``: the
+        top layer at ``LoraSettings``' rank).
         """
-        from personal.adapter import LoraSettings
-        from personal.training import DPConfig, TrainConfig
+        from personal.personalize import release_configs
 
-        dp = DPConfig.non_private() if non_private else DPConfig(
-            epsilon=None if noise_multiplier is not None else epsilon, noise_multiplier=noise_multiplier)
-        dp.validate()
-        cfg = TrainConfig(lora=LoraSettings(), epochs=epochs, batch_size=batch_size)
+        cfg, dp = release_configs(epsilon, noise_multiplier, non_private, epochs=epochs, batch_size=batch_size, lr=lr,
+                                  max_grad_norm=max_grad_norm, lora=lora)
         with self._vault_lock:
             if self._closed:
                 raise AssistantError("this assistant is closed")
@@ -614,19 +619,13 @@ class Assistant:
 
     # ---------------------------------------------------------------- privacy
     def budget(self) -> list[Budget]:
-        """The owner's record-level and user-level budgets (spent, cap, remaining epsilon)."""
+        """The owner's record-level and user-level budgets (spent, cap, remaining epsilon): ``ReleaseGate.status``."""
         from privacy.budget import ReleaseGate
-        from privacy.ledger import UNITS
 
         with self._vault_lock:
             gate = ReleaseGate(self.vault.db, signer=self.vault.signing_key())
-            out = []
-            for unit in UNITS:
-                pol = gate.policy(self.profile, unit)
-                spent = gate.spent(self.profile, unit)
-                out.append(Budget(self.profile, unit, None if spent == float("inf") else spent, pol.epsilon_cap,
-                                  max(0.0, pol.epsilon_cap - spent), pol.delta, len(gate.ledger.records(self.profile, unit))))
-            return out
+            return [Budget(s.profile, s.unit, None if s.unbounded else s.spent, s.cap, s.remaining, s.delta, s.releases)
+                    for s in gate.status(self.profile)]
 
     def privacy_report(self) -> dict[str, Any]:
         """The verified ledger report for the owner (``privacy.report.ledger_report``)."""

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from personal.base_identity import DEFAULT_BASE
 from personal.cli_common import KeyFile, VaultPath, console, err_console, get_passphrase, resolve_vault_path
 from personal.errors import NotAVault
 from personal.habits import DEFAULT_PREDICTOR, check_predictor
@@ -20,9 +21,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default: the API is for this device)."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port (0: any free port)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Whose assistant (default: the vault's only profile)."),
-    model: str = typer.Option("tiny", "--model", help=MODEL_HELP),
+    model: str = typer.Option(DEFAULT_BASE, "--model", help=MODEL_HELP),
     chat_model: Optional[str] = typer.Option(None, "--chat-model", help="Causal base that answers chats (default: --model if causal, else its partner)."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=1024, help="Default answer length in tokens."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1, max=1024, help="Default answer length in tokens."),
     token_cap: int = typer.Option(512, "--max-tokens-cap", min=1, max=4096, help="No answer is longer, whatever a request asks."),
     chat_batch: int = typer.Option(8, "--chat-batch", min=1, max=256, help="Concurrent chats answered in one generate call."),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="Larger request bodies get 413."),

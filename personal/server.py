@@ -31,6 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from personal.auth import token_matches
 from personal.habits import DEFAULT_PREDICTOR, PREDICTORS
+from personal.training import DEFAULT_EPSILON, TrainConfig
 
 if TYPE_CHECKING:
     from personal.assistant import Assistant
@@ -157,10 +158,10 @@ class SuggestionsOut(BaseModel):
 
 
 class PersonalizeIn(Strict):
-    epsilon: float = Field(3.0, gt=0, le=100, description="Target epsilon of this release (record level).")
+    epsilon: float = Field(DEFAULT_EPSILON, gt=0, le=100, description="Target epsilon of this release (record level).")
     noise_multiplier: Optional[float] = Field(None, ge=0.3, le=100, description="Use this noise instead of a target epsilon.")
-    epochs: float = Field(3.0, gt=0, le=50)
-    batch_size: int = Field(32, ge=1, le=512)
+    epochs: float = Field(TrainConfig.epochs, gt=0, le=50)
+    batch_size: int = Field(TrainConfig.batch_size, ge=1, le=512)
     non_private: bool = Field(False, description="Train WITHOUT differential privacy (spends the budget to infinity).")
 
 
