@@ -19,12 +19,31 @@ models, numpy's PCG64 generator and per-owner UTC offsets:
 Every seed and parameter is fixed below, a priori (see `SPECS`); `--out` only chooses where the
 files go. Files are the CSV / JSON Lines that `--dataset events:PATH` reads (`personal.events_io`).
 
-    .venv/bin/python -m benchmarks.foreign_populations generate --out /tmp/foreign
+Part 2, the comparison (second half). For every file it runs the library's own path
+(`simulations.runner.run_simulation`, the code behind `homebody simulate --dataset events:PATH`)
+with homebody's DEFAULT settings in three configurations: federated at user-level ε 8 and ε 1, and
+local-only at record-level ε 8. Each run reports every predictor in results.json (habit, LoRA,
+combined; `top1` is the default `--predictor combined`, and a `--predictor habit` run reports the
+same training's `habit_top1` as its top-1, so the habit column IS that run). It writes
+`foreign_table.md` and `foreign_table.json`: every counting baseline, best counting, the private
+predictors, and each one's gap to best counting. Finished runs are skipped, so it resumes.
+
+    .venv/bin/python -m benchmarks.foreign_populations --out runs/foreign             # generate + run all
+    .venv/bin/python -m benchmarks.foreign_populations --out runs/foreign --generate-only
+    .venv/bin/python -m benchmarks.foreign_populations --out runs/foreign --populations iid_zipf --devices 50
+
+Sizing (not tuning; fixed before any run): 20 devices per file (homebody's selection: the 20 with
+the most events) and each device's last 80 events, so the 12 runs fit in about 15-20 minutes on
+2 shared cores. `--devices` / `--max-events` change only the size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -209,14 +228,130 @@ def generate(out: Path, specs=SPECS, n: int | None = None) -> dict[str, Path]:
     return paths
 
 
+# ----------------------------------------------------------------------------- comparison
+
+CONFIGS = (("federated", 8.0), ("federated", 1.0), ("local", 8.0))  # (mode, ε); everything else default
+PREDICTORS = ("combined", "habit", "lora")  # combined is homebody's default --predictor
+TOLERANCE = 0.01  # acceptance 3: never more than this below best counting
+TABLE_MD, TABLE_JSON = "foreign_table.md", "foreign_table.json"
+
+
+def run_population(path: Path, out: Path, devices: int | None, max_events: int | None,
+                   log: Callable[[str], None] = print, **overrides) -> list[dict]:
+    """The three default configurations on one events file (resuming finished ones); one row each.
+
+    `overrides` (other SimulationConfig fields) are for tests only (a tiny model); the benchmark passes none.
+    """
+    from simulations.config import SimulationConfig
+    from simulations.devices import FeatureCache
+    from simulations.results import finished_results
+    from simulations.runner import run_simulation
+    from simulations.sweep import run_dir
+
+    rows = []
+    cache = FeatureCache(out / f".feature-cache-{os.getpid()}", mem_bytes=1 << 30)
+    try:
+        for mode, eps in CONFIGS:
+            where = run_dir(out, mode, eps)
+            res = finished_results(where)
+            if res is None:
+                log(f"{where}: running {mode}, ε = {eps:g}")
+                cfg = SimulationConfig(dataset=f"events:{path}", devices=devices, max_events=max_events,
+                                       mode=mode, epsilon=eps, out=str(where), **overrides)
+                res = run_simulation(cfg, feature_cache=cache)
+            rows.append(result_row(mode, eps, res))
+            log(f"{where}: combined {rows[-1]['combined_top1']:.3f}, habit {rows[-1]['habit_top1']:.3f}, "
+                f"best counting {rows[-1]['baselines']['best_counting']:.3f}")
+    finally:
+        cache.clear_files()
+    return rows
+
+
+def result_row(mode: str, eps: float, res: dict) -> dict:
+    """One configuration's numbers: baselines, each predictor, its gap to best counting, ε spent."""
+    from personal.evaluate import chronological_split
+    from simulations.sweep import baseline_rows, run_row
+
+    row = run_row(mode, eps, res)
+    base = {b["key"]: b["top1"] for b in baseline_rows(res["baselines"])}
+    best = base["best_counting"]
+    gaps = {p: row[f"{p}_top1"] - best for p in PREDICTORS}
+    held_out = sum(len(chronological_split(range(d["events"]))[1]) for d in res["devices"])
+    return {"mode": mode, "epsilon": eps, "unit": row["unit"], "devices": res["population"]["devices"],
+            "labels": res["population"]["labels"], "held_out_events": held_out,
+            "baselines": base, **{f"{p}_top1": row[f"{p}_top1"] for p in PREDICTORS},
+            "gap": gaps, "within_tolerance": {p: g >= -TOLERANCE for p, g in gaps.items()},
+            "epsilon_spent_max": row["epsilon_spent_max"], "wall_s": row["wall_s"]}
+
+
+def generator_commit() -> str:
+    """The last commit that changed this generator (the frozen version the files come from)."""
+    try:
+        done = subprocess.run(["git", "log", "-1", "--format=%h %cI", "--", Path(__file__).name],
+                              cwd=Path(__file__).parent, capture_output=True, text=True, timeout=30)
+        return done.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def markdown(table: dict) -> str:
+    """The comparison as Markdown: one row per (population, configuration)."""
+    base_keys = ("most_frequent", "markov", "hour", "slot", "mix", "best_counting")
+    lines = [f"Foreign populations (generator {table['generator_commit']}), {table['devices']} devices per file, "
+             f"last {table['max_events']} events each; macro top-1 on each device's held-out last 20%.", "",
+             "| population | run | ε spent (max) | " + " | ".join(base_keys).replace("_", " ")
+             + " | combined (default) | habit | LoRA | combined − best | habit − best | LoRA − best |",
+             "|---|---|---|" + "---|" * (len(base_keys) + 6)]
+    for pop in table["populations"]:
+        for r in pop["runs"]:
+            run = f"{'federated + local' if r['mode'] == 'federated' else 'local only'} ε={r['epsilon']:g} ({r['unit']})"
+            gaps = [f"{r['gap'][p]:+.3f}" + ("" if r["within_tolerance"][p] else " ✗") for p in PREDICTORS]
+            lines.append(f"| {pop['name']} | {run} | {_num(r['epsilon_spent_max'])} | "
+                         + " | ".join(_num(r["baselines"].get(k)) for k in base_keys)
+                         + " | " + " | ".join(_num(r[f"{p}_top1"]) for p in PREDICTORS) + " | " + " | ".join(gaps) + " |")
+    lines += ["", f"✗: more than {TOLERANCE} below best counting (issue 14 acceptance 3 fails for that predictor there)."]
+    return "\n".join(lines) + "\n"
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """Generate the files (fixed seeds), run every configuration on each, write the table."""
+    out = Path(args.out)
+    specs = [s for s in SPECS if not args.populations or s.name in args.populations]
+    paths = generate(out / "data", specs)
+    if args.generate_only:
+        return {"files": {k: str(v) for k, v in paths.items()}}
+    table = {"generator_commit": generator_commit(), "devices": args.devices, "max_events": args.max_events,
+             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": os.getloadavg(),
+             "populations": []}
+    t0 = time.perf_counter()
+    for spec in specs:
+        rows = run_population(paths[spec.name], out / spec.name, args.devices, args.max_events)
+        table["populations"].append({"name": spec.name, "file": spec.file, "runs": rows})
+    table |= {"wall_s": time.perf_counter() - t0, "load_end": os.getloadavg()}
+    (out / TABLE_JSON).write_text(json.dumps(table, indent=2) + "\n")
+    (out / TABLE_MD).write_text(markdown(table))
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="write the population files only")
-    g.add_argument("--out", type=Path, default=Path("/tmp/foreign-populations"))
+    p.add_argument("--out", type=Path, default=Path("runs/foreign-populations"),
+                   help="folder for the generated files (out/data) and the runs (never commit it)")
+    p.add_argument("--devices", type=int, default=20, help="devices per file (homebody's largest-first selection)")
+    p.add_argument("--max-events", type=int, default=80, help="most recent events kept per device")
+    p.add_argument("--populations", nargs="*", choices=[s.name for s in SPECS], help="a subset (default: all)")
+    p.add_argument("--generate-only", action="store_true", help="write the files, run nothing")
     args = p.parse_args(argv)
-    for name, path in generate(args.out).items():
-        print(f"{name}: {path}")
+    table = compare(args)
+    if args.generate_only:
+        print("\n".join(table["files"].values()))
+        return
+    print((Path(args.out) / TABLE_MD).read_text())
+    print(f"wrote {Path(args.out) / TABLE_MD} and {TABLE_JSON} in {table['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -73,3 +73,29 @@ def test_iid_population_has_no_time_or_order_structure():
         got = _pooled(SPEC[structured], 40)
         best_timed = max(got["hour"], got["slot"], got["markov"])
         assert best_timed > got["most_frequent"] + 0.03, (structured, got)
+
+
+def test_tiny_end_to_end_run_over_one_file_tabulates_every_predictor_and_resumes(tmp_path: Path):
+    path = fp.generate(tmp_path / "data", [SPEC["iid_zipf"]], n=3)["iid_zipf"]
+    log: list[str] = []
+    rows = fp.run_population(path, tmp_path / "runs", devices=3, max_events=40, log=log.append,
+                             model="tiny", rounds=1)
+    assert [(r["mode"], r["epsilon"]) for r in rows] == list(fp.CONFIGS)
+    for r in rows:
+        assert r["devices"] == 3 and r["held_out_events"] == 3 * 8
+        assert set(r["baselines"]) >= {"most_frequent", "markov", "hour", "slot", "mix", "best_counting"}
+        for p in fp.PREDICTORS:
+            assert 0 <= r[f"{p}_top1"] <= 1
+            assert r["gap"][p] == pytest.approx(r[f"{p}_top1"] - r["baselines"]["best_counting"])
+            assert r["within_tolerance"][p] == (r["gap"][p] >= -fp.TOLERANCE)
+        assert 0 < r["epsilon_spent_max"] <= r["epsilon"] + 1e-6
+    assert sum("running" in line for line in log) == 3
+    table = {"generator_commit": "x", "devices": 3, "max_events": 40,
+             "populations": [{"name": "iid_zipf", "file": path.name, "runs": rows}]}
+    md = fp.markdown(table)
+    assert md.count("| iid_zipf |") == 3 and "best counting" in md and "local only ε=8 (record)" in md
+
+    log.clear()  # a second call resumes: every configuration is already complete
+    again = fp.run_population(path, tmp_path / "runs", devices=3, max_events=40, log=log.append,
+                              model="tiny", rounds=1)
+    assert not any("running" in line for line in log) and again == rows
