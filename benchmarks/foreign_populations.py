@@ -33,13 +33,15 @@ predictors, and each one's gap to best counting. Finished runs are skipped, so i
     .venv/bin/python -m benchmarks.foreign_populations --out runs/foreign --populations iid_zipf --devices 50
 
 Sizing (not tuning; fixed before any run): 20 devices per file (homebody's selection: the 20 with
-the most events) and each device's last 80 events, so the 12 runs fit in about 15-20 minutes on
-2 shared cores. `--devices` / `--max-events` change only the size.
+the most events) and each device's last 80 events: the 12 runs took 10 min 21 s of CPU (32 min wall
+with the 2 cores loaded ~10 by other jobs). `--devices` / `--max-events` change only the size.
+The table records each file's sha256, so a re-run can show it used the same frozen files.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -303,6 +305,7 @@ def markdown(table: dict) -> str:
     base_keys = ("most_frequent", "markov", "hour", "slot", "mix", "best_counting")
     lines = [f"Foreign populations (generator {table['generator_commit']}), {table['devices']} devices per file, "
              f"last {table['max_events']} events each; macro top-1 on each device's held-out last 20%.", "",
+             *(f"- {p['file']}: sha256 {p['sha256'][:16]}…" for p in table["populations"] if p.get("sha256")), "",
              "| population | run | ε spent (max) | " + " | ".join(base_keys).replace("_", " ")
              + " | combined (default) | habit | LoRA | combined − best | habit − best | LoRA − best |",
              "|---|---|---|" + "---|" * (len(base_keys) + 6)]
@@ -330,7 +333,8 @@ def compare(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     for spec in specs:
         rows = run_population(paths[spec.name], out / spec.name, args.devices, args.max_events)
-        table["populations"].append({"name": spec.name, "file": spec.file, "runs": rows})
+        digest = hashlib.sha256(paths[spec.name].read_bytes()).hexdigest()
+        table["populations"].append({"name": spec.name, "file": spec.file, "sha256": digest, "runs": rows})
     table |= {"wall_s": time.perf_counter() - t0, "load_end": os.getloadavg()}
     (out / TABLE_JSON).write_text(json.dumps(table, indent=2) + "\n")
     (out / TABLE_MD).write_text(markdown(table))

@@ -38,11 +38,19 @@ def test_files_load_as_events_path_with_several_valid_owners(tmp_path: Path):
         assert len(pop.labels()) >= 5, name
 
 
-def test_generator_imports_nothing_from_the_simulations_generator():
-    tree = ast.parse(Path(fp.__file__).read_text())
+def _top_level(path: Path) -> tuple[ast.Module, set[str]]:
+    tree = ast.parse(path.read_text())
+    return tree, {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+def test_generator_does_not_use_the_simulations_generator():
+    import simulations.populations as sp
+
+    tree, ours = _top_level(Path(fp.__file__))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert not any(m and m.startswith("simulations") for m in imported), imported
+    assert "simulations.populations" not in imported, imported
+    assert not ours & _top_level(Path(sp.__file__))[1]  # no routine of it copied under its name
 
 
 def _pooled(spec, n: int) -> dict[str, float]:
