@@ -286,8 +286,12 @@ def result_row(mode: str, eps: float, res: dict) -> dict:
             "epsilon_spent_max": row["epsilon_spent_max"], "wall_s": row["wall_s"]}
 
 
+GENERATOR_FROZEN_AT = "8e9b8ab"  # the commit that froze the generator, before any model ran on its files
+
+
 def generator_commit() -> str:
-    """The last commit that changed this generator (the frozen version the files come from)."""
+    """The last commit that changed this file (its generator half is frozen since GENERATOR_FROZEN_AT;
+    the sha256 of each file in the table is the exact check)."""
     try:
         done = subprocess.run(["git", "log", "-1", "--format=%h %cI", "--", Path(__file__).name],
                               cwd=Path(__file__).parent, capture_output=True, text=True, timeout=30)
@@ -327,7 +331,7 @@ def compare(args: argparse.Namespace) -> dict:
     paths = generate(out / "data", specs)
     if args.generate_only:
         return {"files": {k: str(v) for k, v in paths.items()}}
-    table = {"generator_commit": generator_commit(), "devices": args.devices, "max_events": args.max_events,
+    table = {"generator_commit": generator_commit(), "generator_frozen_at": GENERATOR_FROZEN_AT, "devices": args.devices, "max_events": args.max_events,
              "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": os.getloadavg(),
              "populations": []}
     t0 = time.perf_counter()
