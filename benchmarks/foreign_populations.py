@@ -331,7 +331,8 @@ def compare(args: argparse.Namespace) -> dict:
     paths = generate(out / "data", specs)
     if args.generate_only:
         return {"files": {k: str(v) for k, v in paths.items()}}
-    table = {"generator_commit": generator_commit(), "generator_frozen_at": GENERATOR_FROZEN_AT, "devices": args.devices, "max_events": args.max_events,
+    table = {"generator_commit": generator_commit(), "generator_frozen_at": GENERATOR_FROZEN_AT,
+             "devices": args.devices, "max_events": args.max_events,
              "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": os.getloadavg(),
              "populations": []}
     t0 = time.perf_counter()
