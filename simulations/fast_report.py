@@ -51,7 +51,7 @@ def throughput(results: dict, engine) -> dict:
             "train_s": engine.train_seconds, "encode_s": engine.encode_seconds,
             "examples_trained": engine.train_examples_seen, "workers": engine.pool.workers,
             "devices_per_worker": [list(engine.pool.owner.values()).count(i) for i in range(engine.pool.workers)],
-            "ray_address": engine.cfg.ray_address,
+            "ray_address": engine.cfg.ray_address, "nodes": len({s.node for s in stats}),
             "feature_cache": {"hits": sum(s.hits for s in stats), "misses": sum(s.misses for s in stats)}}
 
 

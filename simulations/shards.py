@@ -17,6 +17,7 @@ process, in worker processes or as Ray actors; nothing here knows which.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -71,11 +72,22 @@ class DeviceOutcome:
 
 @dataclass
 class ShardStats:
-    """A shard's counters: seconds encoding, feature-cache hits and misses."""
+    """A shard's counters: seconds encoding, feature-cache hits and misses, and where it runs."""
 
     encode_s: float = 0.0
     hits: int = 0
     misses: int = 0
+    node: str = ""
+
+
+def _node() -> str:
+    """The Ray node this shard runs on (an actor), else "local"."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    return "local"
 
 
 class DeviceShard:
@@ -132,7 +144,7 @@ class DeviceShard:
 
     def stats(self) -> ShardStats:
         """This shard's counters so far."""
-        return ShardStats(self.encode_s, self.cache.hits, self.cache.misses)
+        return ShardStats(self.encode_s, self.cache.hits, self.cache.misses, _node())
 
     # -- federated ------------------------------------------------------------------------
     def train(self, users: Sequence[str], r: int, q: float, global_adapter, streams: Sequence[int]) -> list[DeviceOutcome]:

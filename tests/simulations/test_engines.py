@@ -67,7 +67,7 @@ def test_one_worker_and_two_workers_give_identical_results(tmp_path, mode):
     """Same seed, 1 vs 2 worker processes: every round, device row and ledger epsilon is equal (to
     the last bit): each device's noise comes from its own seeded stream (seed, round, device), its
     features from the same encoding batches, and the server aggregates in cohort order."""
-    common = dict(dataset="synthetic", synthetic_devices=5, devices=5, rounds=2, model="tiny", max_events=40, seed=2,
+    common = dict(dataset="synthetic", synthetic_devices=5, devices=5, rounds=2, model="tiny", max_events=80, seed=2,
                   mode=mode, scorer_rounds=3)
     if mode == "federated":
         common.update(devices_per_round=3, evaluate_all=True)
