@@ -31,7 +31,7 @@ class WorkerFailed(HomebodyError):
     """A simulation worker (process or Ray actor) stopped or failed."""
 
 
-MIN_DEVICES_PER_WORKER = 8  # by default a worker (~10 s to start on a busy 2-core machine) gets at least this many
+MIN_DEVICES_PER_WORKER = 4  # by default each worker (~5-15 s to start on 2 cores) gets at least this many devices
 
 
 def default_workers(ray_address: str | None = None, devices: int | None = None) -> int:
