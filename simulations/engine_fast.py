@@ -1,16 +1,19 @@
-"""The fast engine: every virtual device in one process, on ONE shared frozen base.
+"""The fast engine: the server side here, the virtual devices on shards that each hold ONE shared frozen base.
 
-It runs the same client and server logic as the Flower apps: each device's round is
+It implements the Engine protocol (simulations.engines) and runs the same client and server logic as the Flower apps: each device's round is
 `federation.device.train_round` (with the device's own vault ledger as its ReleaseGate), the
 server screens and averages with `federation.server.aggregate`, and devices score the global
 and their personalised adapters with `federation.device.evaluate_device`. What makes it fast:
 
-- the base is loaded and LoRA-wrapped once; devices only swap adapter arrays;
+- the base is loaded and LoRA-wrapped once per worker; devices only swap adapter arrays;
 - LoRA sits on the top layer only, so the frozen lower layers' outputs for each device's
-  examples are computed once (batched across the devices of a round's cohort, the first time
-  a device is sampled) and reused in every later round, from a memory-bounded cache that
-  spills to disk (`simulations.devices.FeatureCache`);
-- no actors, messages or serialisation between server and devices.
+  examples are computed once (batched across devices, the first time a device is sampled) and
+  reused in every later round, from a memory-bounded cache that spills to disk
+  (`simulations.devices.FeatureCache`);
+- the devices are sharded over `--workers` processes (or Ray actors with `--ray-address`), each
+  device on one shard for the whole run (simulations.shards, simulations.workers); what comes back
+  is merged in cohort order, so results do not depend on the number of workers;
+- no per-round actors or messages per device: one request per shard and round.
 
 `--mode federated` first learns the habit scorer's shared weights (simulations.habit_sim) with
 DP-FedAvg through each device's gate for a share of the user-level budget; the LoRA noise is then
