@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 from dataclasses import replace
@@ -75,12 +76,18 @@ def _serve(conn, setup: ShardSetup) -> None:
         try:
             conn.send(("ok", getattr(shard, method)(*args)))
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the parent, typed there
-            try:
-                conn.send(("error", exc))
-            except Exception:  # noqa: BLE001 - an exception that does not pickle still reports itself
-                conn.send(("error", WorkerFailed(f"{type(exc).__name__}: {exc}")))
+            conn.send(("error", _portable(exc)))
     shard.close()
     conn.close()
+
+
+def _portable(exc: Exception) -> Exception:
+    """`exc` if it survives pickling both ways, else a WorkerFailed naming it (one line either way)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return WorkerFailed(f"{type(exc).__name__}: {exc}")
 
 
 class _Process:
@@ -91,17 +98,22 @@ class _Process:
         self.proc = ctx.Process(target=_serve, args=(child, setup), daemon=True)
         self.proc.start()
         child.close()
+        self.pending = False  # a request whose answer was never read (the parent was interrupted)
 
     def submit(self, method: str, *args) -> Callable[[], object]:
+        if self.pending:  # drop the stale answer first, so this request gets its own
+            self._receive(raise_errors=False)
         self.conn.send((method, args))
+        self.pending = True
         return self._receive
 
-    def _receive(self) -> object:
+    def _receive(self, raise_errors: bool = True) -> object:
         try:
             kind, value = self.conn.recv()
+            self.pending = False
         except EOFError:
             raise WorkerFailed(f"a simulation worker exited (code {self.proc.exitcode})") from None
-        if kind == "error":
+        if kind == "error" and raise_errors:
             raise value
         return value
 

@@ -87,3 +87,24 @@ def test_workers_must_be_positive(monkeypatch, capsys, tmp_path):
     code, _out, err = run_homebody(monkeypatch, capsys, "simulate", "--model", "tiny", "--workers", "0",
                                    "--out", str(tmp_path))
     assert code != 0 and "--workers must be at least 1" in err and "Traceback" not in err
+
+
+def test_a_worker_answers_each_request_even_after_an_unread_one(tmp_path):
+    """An interrupted round leaves a worker's answer unread; the next request must get its own answer."""
+    from simulations.engine_fast import federation_config
+    from simulations.shards import ShardSetup, ShardStats
+    from simulations.workers import ShardPool
+
+    devices, labels = _devices(tmp_path, 2)
+    cfg = SimulationConfig(dataset="synthetic", devices=2, rounds=1, model="tiny")
+    pool = ShardPool(ShardSetup(cfg, federation_config(cfg, 2, len(labels)), labels, str(tmp_path / "cache"), "run"), 2)
+    try:
+        assert pool.workers == 2
+        pool.handles[0].submit("stats")  # never read, as when Ctrl-C stops the parent mid-round
+        assert pool.first("ready") is True
+        assert all(isinstance(s, ShardStats) for s in pool.broadcast("stats"))
+        with pytest.raises(KeyError):  # a shard's error comes back to the caller as itself
+            pool.first("personal_hits", "nobody", None)
+    finally:
+        pool.close()
+    assert all(not h.proc.is_alive() for h in pool.handles)
