@@ -42,8 +42,8 @@ def default_workers(ray_address: str | None = None, devices: int | None = None) 
         import ray
 
         cores = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    else:
-        cores = os.cpu_count() or 1
+    else:  # the cores this process may run on (a container or taskset may allow fewer than the machine has)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores if devices is None else max(1, min(cores, devices // MIN_DEVICES_PER_WORKER))
 
 
