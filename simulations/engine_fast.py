@@ -43,7 +43,7 @@ from simulations.devices import FeatureCache, SimDevice
 from simulations.shards import MAX_LENGTH, DeviceOutcome, ShardSetup, calibrated_noise
 
 __all__ = ["MAX_LENGTH", "DeviceState", "FastEngine", "calibrated_noise", "federation_config"]
-ENCODE_CHUNK = 256  # texts the frozen layers encode together (devices grouped up to this many)
+ENCODE_CHUNK = 64  # texts per encoding group (the frozen layers run 64 rows a batch): small groups balance the shards
 
 
 def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int = 0, prior: tuple = ()):
