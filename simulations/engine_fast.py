@@ -26,7 +26,6 @@ steps are one ledger release, so the ledger's epsilon reaches the target exactly
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import time
@@ -40,9 +39,9 @@ import numpy as np
 from privacy.randomness import SEEDED
 from simulations.config import RoundResult, SimulationConfig, epsilon_stats
 from simulations.devices import FeatureCache, SimDevice
-from simulations.shards import MAX_LENGTH, DeviceOutcome, ShardSetup, calibrated_noise
+from simulations.shards import DeviceOutcome, ShardSetup, calibrated_noise
 
-__all__ = ["MAX_LENGTH", "DeviceState", "FastEngine", "calibrated_noise", "federation_config"]
+__all__ = ["DeviceState", "FastEngine", "calibrated_noise", "federation_config"]
 ENCODE_CHUNK = 64  # texts per encoding group (the frozen layers run 64 rows a batch): small groups balance the shards
 
 
