@@ -64,8 +64,10 @@ class FlowerEngine:
         """All rounds in Flower's simulation runtime (a local Ray, or the cluster at --ray-address)."""
         from federation.simulation import run_simulation
         from federation.sources import SimDevice as FlowerDevice
-        from simulations.workers import default_workers
+        from simulations.workers import check_ray_address, default_workers
 
+        if self.cfg.ray_address:
+            check_ray_address(self.cfg.ray_address)
         population = [FlowerDevice(d.user, list(d.examples)) for d in self.devices]
         cpus = self.cfg.workers or default_workers()
         t0 = time.perf_counter()

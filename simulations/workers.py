@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -150,6 +151,20 @@ class _RayActor:
             ray.kill(self.actor)
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (WorkerFailed, one line) when HOST:PORT does not accept connections: `ray.init`
+    would otherwise retry for minutes. "auto" (the cluster this machine belongs to) is left to Ray."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise WorkerFailed(f"--ray-address must be HOST:PORT or 'auto' (got {address!r})")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise WorkerFailed(f"cannot reach the Ray cluster at {address}: {exc}") from exc
+
+
 def connect_ray(address: str) -> bool:
     """Join the Ray cluster at `address` (workers see this process's sys.path, as Flower's do).
     Returns True when this call connected (so the caller disconnects at the end)."""
@@ -157,6 +172,7 @@ def connect_ray(address: str) -> bool:
 
     if ray.is_initialized():
         return False
+    check_ray_address(address)
     try:
         ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
                  log_to_driver=False)

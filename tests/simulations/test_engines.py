@@ -108,3 +108,19 @@ def test_a_worker_answers_each_request_even_after_an_unread_one(tmp_path):
     finally:
         pool.close()
     assert all(not h.proc.is_alive() for h in pool.handles)
+
+
+@pytest.mark.parametrize("engine", ["fast", "flower"])
+def test_an_unreachable_ray_address_is_one_line_and_fails_fast(monkeypatch, capsys, tmp_path, engine):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    code, _out, err = run_homebody(monkeypatch, capsys, "simulate", "--model", "tiny", "--devices", "2",
+                                   "--synthetic-devices", "2", "--rounds", "1", "--engine", engine,
+                                   "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path))
+    assert code != 0 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in err and "Traceback" not in err
+    assert time.perf_counter() - t0 < 60
