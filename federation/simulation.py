@@ -31,27 +31,32 @@ def run_simulation(
     audit_dir: str | None = None,
     num_cpus: int = 2,
     train_mods: Sequence[Callable] = (),
+    ray_address: str | None = None,
 ) -> FederationHistory:
     """Run the ServerApp + ClientApp in Flower's simulation runtime (Ray), one virtual SuperNode
     per device, `config.rounds` rounds. With `ledger_dir` each device keeps a signed ledger there
     (user-level cap `epsilon_cap`, else privacy's default policy). Returns the history (per round: top1/top5 of the
-    personalised adapters, global top1/top5, bytes up per device, user-level epsilon per device)."""
+    personalised adapters, global top1/top5, bytes up per device, user-level epsilon per device).
+    `ray_address`: run on that existing Ray cluster instead of a private local Ray of `num_cpus` CPUs."""
     sink: list[FederationHistory] = []
     source = PopulationSource(list(population), ledger_dir, epsilon_cap=epsilon_cap)
     client = make_client_app(source, record_dir, AuditWriter(audit_dir) if audit_dir else None, train_mods)
     server = make_server_app(ServerSetup(config, list(labels)), sink)
-    history = run_in_simulation(server, client, len(population), num_cpus, sink)
+    history = run_in_simulation(server, client, len(population), num_cpus, sink, ray_address)
     if history is None:
         raise FederationSetupError("the Flower simulation ended without a result (see the log above)")
     return history
 
 
-def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, num_cpus: int, sink: list) -> Any:
+def run_in_simulation(server: "ServerApp", client: "ClientApp", devices: int, num_cpus: int, sink: list,
+                      ray_address: str | None = None) -> Any:
     """Flower's simulation runtime (Ray): one virtual SuperNode per device, one CPU each, `num_cpus`
-    in all. Returns what the ServerApp put in `sink`, or None when it put nothing there."""
+    in all, or on the existing Ray cluster at `ray_address` (Flower's backend passes its
+    `init_args` to `ray.init`). Returns what the ServerApp put in `sink`, or None when it put nothing there."""
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
+    init = {"address": ray_address} if ray_address else {"num_cpus": num_cpus, "num_gpus": 0}
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init}
     try:
         with _no_flower_debug_records():
             flwr_run_simulation(server_app=server, client_app=client, num_supernodes=devices, backend_config=backend)
