@@ -21,10 +21,12 @@ from typing import Optional
 
 import typer
 
+from federation.config import FederationConfig
 from privacy.errors import HomebodyError
 
 federate_app = typer.Typer(help="Federated learning across devices through Flower (server, device, run).", no_args_is_help=True)
 HOME_HELP = "Folder for Flower's state (FLWR_HOME, caches) and process logs."
+_FED = FederationConfig()  # `run`'s options default to the dataclass's defaults (tests/test_defaults.py)
 
 
 class FederateCliError(HomebodyError):
@@ -133,26 +135,28 @@ def device(
 @federate_app.command("run")
 def run(
     superlink: str = typer.Option("127.0.0.1:9092", help="SuperLink address host:port."),
-    rounds: int = typer.Option(3, help="Federated rounds."),
+    rounds: int = typer.Option(_FED.rounds, help="Federated rounds."),
     labels: Optional[str] = typer.Option(None, help="Public event vocabulary, comma-separated (default: the app's)."),
-    noise_multiplier: float = typer.Option(1.0, help="sigma: noise std is sigma * clip norm."),
-    clip_norm: float = typer.Option(1.0, help="C: L2 bound of one device's update."),
-    encoding: str = typer.Option("int8", help="fp32 | fp16 | int8 (stochastic rounding)."),
-    mode: str = typer.Option("device", help="device (noise on each device) | central (trusted server adds noise)."),
-    min_devices: int = typer.Option(2, help="Devices needed to start a round and to close it early."),
+    noise_multiplier: float = typer.Option(_FED.noise_multiplier, help="sigma: noise std is sigma * clip norm."),
+    clip_norm: float = typer.Option(_FED.clip_norm, help="C: L2 bound of one device's update."),
+    encoding: str = typer.Option(_FED.encoding, help="fp32 | fp16 | int8 (stochastic rounding: a quarter of fp32's bytes)."),
+    mode: str = typer.Option(_FED.mode, help="device (noise on each device) | central (trusted server adds noise)."),
+    min_devices: int = typer.Option(_FED.min_train_devices, help="Devices needed to start a round and to close it early."),
+    straggler_grace: float = typer.Option(_FED.straggler_grace, help="Once --min-devices replied, the others get this "
+                                          "fraction of the time taken so far (at least 5 s); 0 waits for all (or the timeout)."),
     home: Path = typer.Option(Path(".homebody-federation"), help=HOME_HELP),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP: tests on 127.0.0.1 only."),
     ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (PEM)."),
 ) -> None:
     """Submit the homebody Flower app to the SuperLink and stream its log until it finishes."""
     from federation import deploy
-    from federation.config import FederationConfig
 
     tls = _tls(insecure, ca_cert)
     if mode == "secagg":
         raise FederateCliError("secagg mode runs on Flower's legacy API: see docs/federation.md (federation.secagg)")
     cfg = FederationConfig(rounds=rounds, noise_multiplier=noise_multiplier, clip_norm=clip_norm, encoding=encoding, mode=mode,
-                           min_available_devices=min_devices, min_train_devices=min_devices, min_evaluate_devices=min_devices)
+                           min_available_devices=min_devices, min_train_devices=min_devices, min_evaluate_devices=min_devices,
+                           straggler_grace=straggler_grace)
     home = _absolute(home)
     env = deploy.flower_env(home)
     deploy.write_connection(Path(env["FLWR_HOME"]), superlink, tls, insecure)
@@ -163,4 +167,4 @@ def run(
 
 
 _RUN_KEYS = ("rounds", "noise-multiplier", "clip-norm", "encoding", "mode", "min-available-devices", "min-train-devices",
-             "min-evaluate-devices")
+             "min-evaluate-devices", "straggler-grace")

@@ -28,6 +28,9 @@ class FederationSetupError(HomebodyError):
 class FederationConfig:
     """Settings shared by the server and every device of one federated run.
 
+    These defaults are the one source of `homebody federate run`'s options and of pyproject's
+    `[tool.flwr.app.config]` (tests/test_defaults.py fails when either drifts).
+
     mode: "device" (a: each device adds N(0, (sigma*C)^2) before sending), "secagg"
       (b: devices add a share of the noise, the server sees only the SecAgg+ sum) or
       "central" (c: a trusted server clips and noises; devices send clipped updates).
@@ -60,7 +63,7 @@ class FederationConfig:
     local_epochs: int = 1
     local_lr: float = 5e-3
     batch_size: int = 16
-    lora_r: int = 4
+    lora_r: int = 8  # LoraSettings' and SimulationConfig's rank (tests/test_defaults.py)
     personal_epochs: int = 1
     history: int = 3
     secagg_min_devices: int = 2

@@ -6,7 +6,7 @@
         a.record({"event": "Coffee Shop", "timestamp": "2026-01-05T08:10"})
         job = a.personalize(epsilon=1.0, on_progress=print)   # background thread, budget-aware
         job.wait()                                             # re-raises BudgetExhausted etc.
-        a.suggest(k=3).items                                   # [("Coffee Shop", 0.61), ...]
+        a.suggest(k=3).items                                   # [("Coffee Shop", 0.61), ...] (habit counts by default)
         reply = a.chat([{"role": "user", "content": "what do I do on Mondays?"}])
         reply.text, reply.label, reply.manifest                # labelled text + signed manifest
         a.budget(); a.forget()
@@ -17,7 +17,10 @@ answer path: question → facts from the owner's events → phrasing → check �
 ``homebody ask`` uses; model text goes through ``generate_labelled_batch``: visible label, signed
 manifest, keyed watermark) and ``privacy.budget`` / ``privacy.report``.
 
-Models: ``model`` is the base the owner's adapter is trained on and ``suggest`` uses;
+Suggestions: ``suggest`` ranks with ``personal.habits.DEFAULT_PREDICTOR`` unless the call or the
+config names another predictor (habit, lora, combined); chat's "what next" uses the adapter.
+
+Models: ``model`` is the base the owner's adapter is trained on and ``suggest`` uses (lora, combined);
 ``chat_model`` is the causal base that answers. A causal ``model`` (``tiny-causal``,
 ``smollm2-135m``) serves both, so chat answers with the owner's adapter. An encoder ``model``
 is paired with a causal partner (``tiny`` → ``tiny-causal``, ``minilm-l6`` → ``smollm2-135m``),
@@ -48,16 +51,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from personal.base_identity import CHAT_PARTNER, DEFAULT_BASE, chat_partner  # noqa: F401 (CHAT_PARTNER: re-exported)
 from personal.errors import ArtefactNotFound, InvalidEvent, ProfileNotFound
+from personal.habits import PREDICTORS, check_predictor
+from personal.training import DPConfig, TrainConfig
 from personal.vault import Event, Vault, VaultConfig
 from privacy.errors import HomebodyError
 
 if TYPE_CHECKING:
+    from personal.adapter import LoraSettings
     from personal.models import BaseModel
     from personal.predict import Suggestions
     from personal.provenance import LabelledText
 
-CHAT_PARTNER = {"tiny": "tiny-causal", "tiny-encoder": "tiny-causal", "minilm-l6": "smollm2-135m"}
 ROLES = ("system", "developer", "user", "assistant", "tool")
 DEFAULT_PROFILE = "owner"
 UNIT = "record"
@@ -87,13 +93,14 @@ class InvalidMessages(AssistantError, ValueError):
 class AssistantConfig:
     """Which bases serve the owner, and how chat generates."""
 
-    model: str = "tiny"
-    chat_model: str | None = None  # None: ``model`` if causal, else its partner (CHAT_PARTNER)
+    model: str = DEFAULT_BASE  # the CLI's default too (tests/test_defaults.py)
+    chat_model: str | None = None  # None: ``model`` if causal, else its partner (personal.base_identity.CHAT_PARTNER)
     max_new_tokens: int = 48
     history: int = 3
     chat_batch: int = 8
     token_cap: int = 512  # no answer is longer, whatever a request asks
     phrasing: str = "template"  # habit answers: "template" (from the facts) or "model" (rephrased, then checked)
+    predictor: str | None = None  # suggest's predictor: habit, lora or combined (None: personal.habits.DEFAULT_PREDICTOR)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= 4096 or not 1 <= self.chat_batch <= 256 or self.history < 1 \
@@ -101,11 +108,13 @@ class AssistantConfig:
             raise AssistantError("max_new_tokens and token_cap must be 1..4096, chat_batch 1..256 and history >= 1")
         if self.phrasing not in ("template", "model"):
             raise AssistantError(f"phrasing must be 'template' or 'model', got {self.phrasing!r}")
+        if self.predictor is not None and self.predictor not in PREDICTORS:
+            raise AssistantError(f"predictor must be one of {', '.join(PREDICTORS)} or None, got {self.predictor!r}")
 
     @property
     def chat_name(self) -> str:
         """The base that answers chats."""
-        return self.chat_model or CHAT_PARTNER.get(self.model, self.model)
+        return self.chat_model or chat_partner(self.model)
 
 
 @dataclass(frozen=True)
@@ -270,7 +279,7 @@ class Assistant:
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
-    def open(cls, vault_path: str | os.PathLike, passphrase: str, profile: str | None = None, model: str = "tiny",
+    def open(cls, vault_path: str | os.PathLike, passphrase: str, profile: str | None = None, model: str = AssistantConfig.model,
              **config: Any) -> "Assistant":
         """Open an existing vault for ``profile`` (default: its only profile, or ``owner`` when empty)."""
         vault = Vault.open(vault_path, passphrase)
@@ -281,7 +290,8 @@ class Assistant:
             raise
 
     @classmethod
-    def create(cls, vault_path: str | os.PathLike, passphrase: str, profile: str = DEFAULT_PROFILE, model: str = "tiny",
+    def create(cls, vault_path: str | os.PathLike, passphrase: str, profile: str = DEFAULT_PROFILE,
+               model: str = AssistantConfig.model,
                *, vault_config: VaultConfig = VaultConfig(), **config: Any) -> "Assistant":
         """Create a new vault (and its API token, see ``personal.auth``) and open it for ``profile``."""
         from personal.auth import ensure_token
@@ -378,23 +388,25 @@ class Assistant:
             return self.vault.count(self.profile) if self.vault.has_profile(self.profile) else 0
 
     # ---------------------------------------------------------------- personalization
-    def personalize(self, epsilon: float | None = 3.0, *, noise_multiplier: float | None = None, epochs: float = 3.0,
-                    batch_size: int = 32, non_private: bool = False, on_progress: Callable[[Job], None] | None = None,
+    def personalize(self, epsilon: float | None = None, *, noise_multiplier: float | None = None,
+                    epochs: float = TrainConfig.epochs, batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr,
+                    max_grad_norm: float = DPConfig.max_grad_norm, lora: "LoraSettings | None" = None,
+                    non_private: bool = False, on_progress: Callable[[Job], None] | None = None,
                     background: bool = True) -> Job:
         """Train the owner's adapter with DP-LoRA within the budget; returns the ``Job``.
 
         ``background=True`` starts a thread and returns at once (``job.wait()`` re-raises a
         ``BudgetExhausted`` with ``.remaining``); ``background=False`` runs here and raises
         directly. ``on_progress(job)`` is called after every step. A ``noise_multiplier`` replaces
-        the target epsilon (the release's epsilon is then computed, not searched for).
+        the target epsilon (the release's epsilon is then computed, not searched for); with neither,
+        the target is ``personal.training.DEFAULT_EPSILON``. Every default is the one
+        ``homebody personalize`` has (``personal.personalize.release_configs``; ``lora``: the
+        top layer at ``LoraSettings``' rank).
         """
-        from personal.adapter import LoraSettings
-        from personal.training import DPConfig, TrainConfig
+        from personal.personalize import release_configs
 
-        dp = DPConfig.non_private() if non_private else DPConfig(
-            epsilon=None if noise_multiplier is not None else epsilon, noise_multiplier=noise_multiplier)
-        dp.validate()
-        cfg = TrainConfig(lora=LoraSettings(), epochs=epochs, batch_size=batch_size)
+        cfg, dp = release_configs(epsilon, noise_multiplier, non_private, epochs=epochs, batch_size=batch_size, lr=lr,
+                                  max_grad_norm=max_grad_norm, lora=lora)
         with self._vault_lock:
             if self._closed:
                 raise AssistantError("this assistant is closed")
@@ -447,17 +459,25 @@ class Assistant:
             raise JobNotFound(f"no job {job_id!r}") from None
 
     # ---------------------------------------------------------------- suggest
-    def suggest(self, at: datetime | None = None, k: int = 5, context: Mapping[str, str] | None = None) -> "Suggestions":
-        """The top-``k`` next events at ``at`` (default now) with probabilities, from the owner's adapter."""
-        from personal.predict import suggest
+    def suggest(self, at: datetime | None = None, k: int = 5, context: Mapping[str, str] | None = None,
+                predictor: str | None = None) -> "Suggestions":
+        """The top-``k`` next events at ``at`` (default now) with probabilities.
+
+        ``predictor``: ``habit`` (habit counts, ranked by the vault's federated shared weights when
+        present), ``lora`` (the owner's adapter; ``ArtefactNotFound`` without one) or ``combined``
+        (both; habit alone, said in ``privacy``, until an adapter exists). None: the config's,
+        else ``personal.habits.DEFAULT_PREDICTOR``. ``Suggestions.predictor`` names the one used.
+        """
+        from personal.predict import suggest_with
 
         if not isinstance(k, int) or k < 1:
             raise AssistantError(f"k must be a positive integer, got {k!r}")
+        name = check_predictor(predictor if predictor is not None else self.config.predictor)
         with self._model_lock:
-            base = self._base(self.config.model)
+            base = self.config.model if name == "habit" else self._base(self.config.model)
             with self._vault_lock:
                 self._require_profile()
-                return suggest(self.vault, self.profile, base, at, k=k, context=context)
+                return suggest_with(self.vault, self.profile, base, at, k=k, context=context, predictor=name)
 
     def _require_profile(self) -> None:
         if not self.vault.has_profile(self.profile):
@@ -517,7 +537,7 @@ class Assistant:
                     (ADAPTER, self.config.model) not in self.vault.list_artefacts(self.profile):
                 return None
         try:
-            return self.suggest(k=3)
+            return self.suggest(k=3, predictor="lora")
         except (ArtefactNotFound, ProfileNotFound, TrainingError):
             return None
 
@@ -599,19 +619,13 @@ class Assistant:
 
     # ---------------------------------------------------------------- privacy
     def budget(self) -> list[Budget]:
-        """The owner's record-level and user-level budgets (spent, cap, remaining epsilon)."""
+        """The owner's record-level and user-level budgets (spent, cap, remaining epsilon): ``ReleaseGate.status``."""
         from privacy.budget import ReleaseGate
-        from privacy.ledger import UNITS
 
         with self._vault_lock:
             gate = ReleaseGate(self.vault.db, signer=self.vault.signing_key())
-            out = []
-            for unit in UNITS:
-                pol = gate.policy(self.profile, unit)
-                spent = gate.spent(self.profile, unit)
-                out.append(Budget(self.profile, unit, None if spent == float("inf") else spent, pol.epsilon_cap,
-                                  max(0.0, pol.epsilon_cap - spent), pol.delta, len(gate.ledger.records(self.profile, unit))))
-            return out
+            return [Budget(s.profile, s.unit, None if s.unbounded else s.spent, s.cap, s.remaining, s.delta, s.releases)
+                    for s in gate.status(self.profile)]
 
     def privacy_report(self) -> dict[str, Any]:
         """The verified ledger report for the owner (``privacy.report.ledger_report``)."""

@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 ENCODER, CAUSAL = "encoder", "causal"
+# The base a personalization, `suggest`, `serve` and the SDK use unless told otherwise (one source: tests/test_defaults.py).
+DEFAULT_BASE = "minilm-l6"
+# The causal base that answers chats for an encoder base (a causal base answers for itself).
+CHAT_PARTNER = {"tiny": "tiny-causal", "tiny-encoder": "tiny-causal", "minilm-l6": "smollm2-135m"}
+
+
+def chat_partner(name: str) -> str:
+    """The base that answers chats when ``name`` is the owner's base."""
+    return CHAT_PARTNER.get(name, name)
 
 
 @dataclass

@@ -11,14 +11,28 @@ from typing import Optional
 
 import typer
 
+from personal.base_identity import DEFAULT_BASE, chat_partner
 from personal.cli_common import KeyFile, VaultPath, console, err_console, open_vault
+from personal.habits import DEFAULT_PREDICTOR
+from personal.training import DEFAULT_EPSILON, DPConfig, TrainConfig
 from privacy.errors import HomebodyError
 
 MODEL_HELP = "Base model: minilm-l6, smollm2-135m, tiny, tiny-causal, or a local Hugging Face folder."
+PREDICTOR_HELP = ("habit: your habit counts, ranked by the federation's shared weights when the vault has them; "
+                  "lora: your DP adapter; combined: both (habit alone, with a note, until an adapter is trained). "
+                  f"Default: {DEFAULT_PREDICTOR}.")
 
 
 class BadOption(HomebodyError):
     """Contradictory or malformed command-line options."""
+
+
+def _layers_text(layers: tuple[int, ...] | None) -> str:
+    """``--layers``' spelling of a LoRA layer set: comma-separated indices, or ``all``."""
+    return "all" if layers is None else ",".join(str(i) for i in layers)
+
+
+_LORA = TrainConfig().lora  # the options below default to the dataclasses' defaults (tests/test_defaults.py)
 
 
 def _parse_at(value: Optional[str]) -> Optional[datetime]:
@@ -32,16 +46,16 @@ def _parse_at(value: Optional[str]) -> Optional[datetime]:
 
 def personalize(
     profile: str = typer.Option(..., "--profile", help="Whose events to learn from."),
-    model: str = typer.Option("minilm-l6", "--model", help=MODEL_HELP),
-    epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Target epsilon of this run (default 3 unless --noise-multiplier)."),
+    model: str = typer.Option(DEFAULT_BASE, "--model", help=MODEL_HELP),
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", help=f"Target epsilon of this run (default {DEFAULT_EPSILON:g} unless --noise-multiplier)."),
     noise_multiplier: Optional[float] = typer.Option(None, "--noise-multiplier", help="Use this noise multiplier instead of a target epsilon."),
     non_private: bool = typer.Option(False, "--non-private", help="Train WITHOUT differential privacy (for comparison; labelled as such)."),
-    epochs: float = typer.Option(3.0, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size", help="Expected batch size (Poisson sampling)."),
-    lr: float = typer.Option(3e-3, "--lr"),
-    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-example clipping bound."),
-    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
-    layers: Optional[str] = typer.Option("-1", "--layers", help="LoRA layers, comma-separated (negative from the top); 'all' for every layer."),
+    epochs: float = typer.Option(TrainConfig.epochs, "--epochs"),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Expected batch size (Poisson sampling)."),
+    lr: float = typer.Option(TrainConfig.lr, "--lr"),
+    max_grad_norm: float = typer.Option(DPConfig.max_grad_norm, "--max-grad-norm", help="Per-example clipping bound."),
+    rank: int = typer.Option(_LORA.r, "--rank", help="LoRA rank (alpha = 2 x rank)."),
+    layers: Optional[str] = typer.Option(_layers_text(_LORA.layers), "--layers", help="LoRA layers, comma-separated (negative from the top); 'all' for every layer."),
     vault: VaultPath = None,
     key_file: KeyFile = None,
 ) -> None:
@@ -51,7 +65,8 @@ def personalize(
     from personal.adapter import LoraSettings
     from personal.models import load_base
     from personal.personalize import personalize as run
-    from personal.training import DPConfig, TrainConfig
+    from personal.personalize import release_configs
+    from personal.predict import default_use
 
     if non_private and (epsilon is not None or noise_multiplier is not None):
         raise BadOption("--non-private excludes --epsilon and --noise-multiplier")
@@ -61,13 +76,9 @@ def personalize(
         layer_set = None if layers in (None, "all") else tuple(int(x) for x in layers.split(","))
     except ValueError:
         raise BadOption(f"--layers {layers!r}: use comma-separated integers or 'all'") from None
-    dp = DPConfig.non_private() if non_private else DPConfig(
-        epsilon=epsilon if noise_multiplier is None else None, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm)  # delta: the profile's budget policy; noise and sampling: the OS CSPRNG
-    if dp.enabled and dp.epsilon is None and dp.noise_multiplier is None:
-        dp = DPConfig(epsilon=3.0, max_grad_norm=max_grad_norm)
-    cfg = TrainConfig(lora=LoraSettings(r=rank, alpha=2 * rank, layers=layer_set), epochs=epochs,
-                      batch_size=batch_size, lr=lr)
+    # delta: the profile's budget policy; noise and sampling: the OS CSPRNG
+    cfg, dp = release_configs(epsilon, noise_multiplier, non_private, epochs=epochs, batch_size=batch_size, lr=lr,
+                              max_grad_norm=max_grad_norm, lora=LoraSettings(r=rank, alpha=2 * rank, layers=layer_set))
     bar = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                    TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=err_console)
     tasks: list = []
@@ -89,6 +100,7 @@ def personalize(
             raise
         finally:
             bar.stop()
+        uses = default_use(v, profile, base.name)
     if out.resumed_from:
         console.print(f"resumed from step {out.resumed_from}")
     console.print(f"{profile}: adapter for {base.name} stored sealed in the vault "
@@ -97,40 +109,40 @@ def personalize(
     if out.plan is None:
         console.print("[yellow]recorded in the ledger as a non-private release (epsilon = inf): "
                       "the budget gate refuses further private releases for this profile[/]")
+    console.print(uses, highlight=False, markup=False)
 
 
 def suggest(
     profile: str = typer.Option(..., "--profile"),
     at: Optional[str] = typer.Option(None, "--at", help="When (ISO, local time), default now."),
     top: int = typer.Option(5, "--top", "-k", min=1, help="How many suggestions."),
-    model: str = typer.Option("minilm-l6", "--model", help=MODEL_HELP),
-    habits: bool = typer.Option(False, "--habits", help="Rank by your own habit counts only (no model, no adapter needed)."),
+    model: str = typer.Option(DEFAULT_BASE, "--model", help=MODEL_HELP + " Read only by the lora and combined predictors."),
+    predictor: Optional[str] = typer.Option(None, "--predictor", help=PREDICTOR_HELP, show_default=False),
+    habits: bool = typer.Option(False, "--habits", help="Deprecated: the same as --predictor habit."),
     vault: VaultPath = None,
     key_file: KeyFile = None,
 ) -> None:
-    """The top-k next events with probabilities, e.g. `Tue 08:10 — Coffee Shop 0.62, Subway 0.21`."""
+    """The top-k next events with probabilities, e.g. `Tue 08:10 — Coffee Shop 0.62, Subway 0.21`.
+
+    The second line says which predictor ranked them and what was learnt under which DP.
+    """
+    from personal.habits import check_predictor
+    from personal.predict import suggest_with
+
     when = _parse_at(at)
-    if habits:
-        from personal.predict import suggest_from_counts
-
-        with open_vault(vault, key_file) as v:
-            out = suggest_from_counts(v, profile, when, k=top)
-        console.print(out.line(), highlight=False)
-        console.print(f"[dim]{out.privacy}[/]")
-        return
-    from personal.models import load_base
-    from personal.predict import suggest as run
-
+    if habits and predictor not in (None, "habit"):
+        raise BadOption(f"--habits means --predictor habit; it contradicts --predictor {predictor}")
+    chosen = check_predictor("habit" if habits else predictor)
     with open_vault(vault, key_file) as v:
-        out = run(v, profile, load_base(model), when, k=top)
+        out = suggest_with(v, profile, model, when, k=top, predictor=chosen)
     console.print(out.line(), highlight=False)
-    console.print(f"[dim]{out.privacy}[/]")
+    console.print(f"predictor {out.predictor} — {out.privacy}", style="dim", highlight=False, markup=False, soft_wrap=True)
 
 
 def ask(
     question: str = typer.Argument(..., help="What to ask, e.g. 'what do I usually do on Friday evenings?'"),
     profile: str = typer.Option(..., "--profile"),
-    model: str = typer.Option("smollm2-135m", "--model", help=MODEL_HELP + " Loaded only when needed."),
+    model: str = typer.Option(chat_partner(DEFAULT_BASE), "--model", help=MODEL_HELP + " Loaded only when needed."),
     phrasing: str = typer.Option("template", "--phrasing", help="template: a plain sentence from the facts (instant); "
                                  "model: the language model rephrases it, checked against the facts."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", min=1),

@@ -320,21 +320,19 @@ def topk_hits(weights: dict[str, np.ndarray], batch: QueryBatch, ks: Sequence[in
     return {f"top{k}": float(np.mean(ok & (higher < k))) for k in ks}
 
 
-def suggest_from_habits(history: Sequence["Event"], at: datetime, weights: dict[str, np.ndarray] | None = None,
-                        vocabulary: Sequence[str] = (), k: int = 5) -> list[tuple[str, float]]:
-    """Top-`k` next events at `at` with probabilities, from the owner's own counts only (on the device).
+def habit_distribution(history: Sequence["Event"], at: datetime, weights: dict[str, np.ndarray] | None = None,
+                       vocabulary: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
+    """Every candidate next event at `at` and its probability, from the owner's counts (on the device).
 
     `history` is every event before `at`. With the federation's shared `weights` (over the shared
     `vocabulary`): the habit scorer's softmax over the shared vocabulary and the owner's events.
     Without: the smoothed mix of the owner's own shares (overall, hour, slot, after the previous
-    event), what a device that never federated has. The building block `suggest` is meant to use.
+    event), what a device that never federated has. No candidate at all: ([], empty array).
     """
-    if k < 1:
-        raise HabitError(f"k must be at least 1, got {k}")
     stats = HabitStats.from_events(history)
     if weights is None:
         if not stats.vocab:
-            return []
+            return [], np.zeros(0)
         x, _ = habit_features(stats, history, at)
         p = np.exp(x[:, [0, 1, 4, 5]]).mean(axis=1)
         names = list(stats.vocab)
@@ -347,9 +345,72 @@ def suggest_from_habits(history: Sequence["Event"], at: datetime, weights: dict[
         z = logits(weights, batch)[0]
         p = np.exp(z - z.max())
         names = batch.candidates
-    p = p / p.sum()
-    order = np.argsort(-p, kind="stable")[:k]
-    return [(names[i], float(p[i])) for i in order]
+    return names, p / p.sum()
+
+
+def top_k(names: Sequence[str], probs: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """The `k` most probable (name, probability) pairs (ties by candidate order)."""
+    if k < 1:
+        raise HabitError(f"k must be at least 1, got {k}")
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [(names[i], float(probs[i])) for i in order]
+
+
+def suggest_from_habits(history: Sequence["Event"], at: datetime, weights: dict[str, np.ndarray] | None = None,
+                        vocabulary: Sequence[str] = (), k: int = 5) -> list[tuple[str, float]]:
+    """Top-`k` next events at `at` with probabilities: the best of `habit_distribution`."""
+    if k < 1:
+        raise HabitError(f"k must be at least 1, got {k}")
+    return top_k(*habit_distribution(history, at, weights, vocabulary), k)
+
+
+# --------------------------------------------------------------------------- the predictors of suggest
+
+PREDICTORS = ("habit", "lora", "combined")
+# What `suggest` ranks with unless told otherwise: the CLI (--predictor), the SDK (Assistant.suggest,
+# AssistantConfig.predictor) and the API (?predictor=) all read this one constant. "habit": the
+# scorer with the vault's shared weights, else the owner's own counts (docs/BENCHMARKS.md: the
+# scorer 0.378 vs best counting 0.336 top-1 on foursquare-nyc's 1,082 users; an early 50-user run of
+# the combinations with LoRA did not beat the scorer). To be revisited with the full ablation.
+DEFAULT_PREDICTOR = "habit"
+COMBINE_WEIGHT = 1.0  # combined = habit log-probabilities + this x the adapter's: fixed a priori, never tuned
+FLOOR = 30.0  # a candidate a predictor cannot score sits this far (in log-probability) below its worst one
+
+
+def check_predictor(name: str | None) -> str:
+    """`name`, or DEFAULT_PREDICTOR for None; HabitError for anything not in PREDICTORS."""
+    if name is None:
+        return DEFAULT_PREDICTOR
+    if name not in PREDICTORS:
+        raise HabitError(f"unknown predictor {name!r}: use one of {', '.join(PREDICTORS)}")
+    return name
+
+
+def floor_unscored(scores: np.ndarray) -> np.ndarray:
+    """Replace unscored (nan) entries by FLOOR below the row's lowest score."""
+    if scores.size == 0 or not np.isnan(scores).any():
+        return scores
+    low = np.nanmin(np.where(np.isnan(scores), np.inf, scores), axis=-1, keepdims=True)
+    low = np.where(np.isfinite(low), low, 0.0)
+    return np.where(np.isnan(scores), low - FLOOR, scores)
+
+
+def combined_scores(habit: np.ndarray, lora_probs: np.ndarray, weight: float = COMBINE_WEIGHT) -> np.ndarray:
+    """habit log-probabilities + weight * the LoRA model's log-probabilities (same label order)."""
+    return habit + weight * np.log(np.clip(lora_probs, 1e-12, None))
+
+
+def check_vocabulary(vocabulary: Sequence[str], own: Sequence[str]) -> None:
+    """HabitError when shared weights' `vocabulary` has none of the owner's event names `own`.
+
+    A federation's vocabulary is its population's event names, so an owner with events of which
+    none is in it holds weights learnt for another population: ranking with them would suggest
+    another population's events. An owner without events (cold start) has nothing to check.
+    """
+    own = set(own)
+    if own and not own & set(vocabulary):
+        raise HabitError(f"the stored shared habit weights cover {len(vocabulary)} event names, none of this profile's "
+                         f"{len(own)}: they were learnt for another population (use the lora predictor, or replace them)")
 
 
 # --------------------------------------------------------------------------- the shared weights on a device

@@ -30,10 +30,11 @@ import json
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
-from personal.adapter import Adapter, AdapterError
+from personal.adapter import Adapter, AdapterError, LoraSettings
 from personal.examples import events_to_examples, label_space
 from personal.models import BaseModel
-from personal.training import DPConfig, MechanismPlan, TrainConfig, TrainingError, TrainResult, plan_mechanism, train_adapter, usable_examples
+from personal.training import (DEFAULT_EPSILON, DPConfig, MechanismPlan, TrainConfig, TrainingError, TrainResult, plan_mechanism,
+                               train_adapter, usable_examples)
 
 if TYPE_CHECKING:
     from personal.vault import Vault
@@ -56,6 +57,27 @@ class PersonalizeResult:
     def privacy_label(self) -> str:
         """The guarantee in one line, or NON-PRIVATE."""
         return self.result.privacy_label
+
+
+def release_configs(epsilon: float | None = None, noise_multiplier: float | None = None, non_private: bool = False, *,
+                    epochs: float = TrainConfig.epochs, batch_size: int = TrainConfig.batch_size, lr: float = TrainConfig.lr,
+                    max_grad_norm: float = DPConfig.max_grad_norm,
+                    lora: LoraSettings | None = None) -> tuple[TrainConfig, DPConfig]:
+    """The (TrainConfig, DPConfig) of one personalization: the one builder of the CLI, the SDK and the API.
+
+    A ``noise_multiplier`` replaces the target epsilon; with neither, the target is
+    ``DEFAULT_EPSILON``; ``non_private`` trains without DP. Every setting not given is the
+    dataclasses' default (``lora``: ``TrainConfig``'s placement). Raises ``TrainingError``.
+    """
+    if non_private:
+        dp = DPConfig.non_private()
+    elif noise_multiplier is not None:
+        dp = DPConfig(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm)
+    else:
+        dp = DPConfig(epsilon=DEFAULT_EPSILON if epsilon is None else epsilon, max_grad_norm=max_grad_norm)
+    dp.validate()
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr)
+    return (cfg if lora is None else replace(cfg, lora=lora)), dp
 
 
 def run_id(base: BaseModel, examples, plan: MechanismPlan | None, cfg: TrainConfig, dp: DPConfig) -> str:
@@ -91,7 +113,7 @@ def personalize(
     profile: str,
     base: BaseModel,
     cfg: TrainConfig = TrainConfig(),
-    dp: DPConfig = DPConfig(epsilon=3.0),
+    dp: DPConfig = DPConfig(epsilon=DEFAULT_EPSILON),
     *,
     history: int = 3,
     progress: Callable[[int, int, float], None] | None = None,

@@ -28,15 +28,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Suggestions:
-    """The top-k next events at ``at`` with probabilities, and the adapter's privacy label."""
+    """The top-k next events at ``at`` with probabilities, which predictor ranked them, and its privacy line."""
 
     at: datetime
     items: list[tuple[str, float]]
     privacy: str = ""
+    predictor: str = "lora"  # the one actually used (``combined`` without an adapter falls back to ``habit``)
 
     def line(self) -> str:
         """E.g. ``Tue 08:10 — Coffee Shop 0.62, Subway 0.21``."""
         when = f"{DAYS[self.at.weekday()]} {self.at:%H:%M}"
+        if not self.items:
+            return f"{when} — nothing to suggest yet (no events before this time)"
         return f"{when} — " + ", ".join(f"{lab} {p:.2f}" for lab, p in self.items)
 
 
@@ -51,46 +54,135 @@ def history_before(events: Sequence["Event"], at: datetime) -> list["Event"]:
     return [e for e in events if _utc_key(e.timestamp) < key]
 
 
+def base_name(base: "BaseModel | str") -> str:
+    """The name a base's adapter is stored under: a loaded base's name, a folder's resolved path, or the name."""
+    if not isinstance(base, str):
+        return base.name
+    return str(Path(base).expanduser().resolve()) if Path(base).expanduser().is_dir() else base
+
+
 def suggest(vault: "Vault", profile: str, base: BaseModel, at: datetime | None = None, k: int = 5,
             context: Mapping[str, str] | None = None) -> Suggestions:
-    """Top-``k`` next events for ``profile`` at ``at`` (default: now, local time) with probabilities."""
-    adapter = load_adapter(vault, profile, base)
+    """Top-``k`` next events for ``profile`` at ``at`` (default: now, local time) from the owner's adapter."""
+    from personal.habits import top_k
+
     at = at or datetime.now().astimezone()
+    labels, probs, label = _adapter_probs(vault, profile, base, at, context)
+    return Suggestions(at, top_k(labels, probs, k), label, "lora")
+
+
+def _adapter_probs(vault: "Vault", profile: str, base: BaseModel, at: datetime,
+                   context: Mapping[str, str] | None) -> tuple[list[str], Any, str]:
+    """The adapter's labels, their probabilities at ``at`` and its privacy label (ArtefactNotFound without one)."""
+    adapter = load_adapter(vault, profile, base)
     hist = adapter.meta.get("history", 3)
     events = history_before(vault.events(profile), at)
     text = context_text(events[-hist:], at, dict(context or {}), k=hist)
     pm = wrap(base, adapter.lora)
     pm.load_adapter(adapter)
-    probs = pm.predict_proba([text])[0]
-    order = probs.argsort()[::-1][:k]
     label = "NON-PRIVATE adapter" if adapter.meta.get("non_private") else (
-        f"DP adapter (epsilon {adapter.meta.get('epsilon', float('nan')):.3g}, delta {adapter.meta.get('delta')})")
-    return Suggestions(at, [(pm.labels[i], float(probs[i])) for i in order], label)
+        f"DP adapter (record-level epsilon {adapter.meta.get('epsilon', float('nan')):.3g}, "
+        f"delta {adapter.meta.get('delta')}, trained on this device)")
+    return list(pm.labels), pm.predict_proba([text])[0], label
 
 
-def suggest_from_counts(vault: "Vault", profile: str, at: datetime | None = None, k: int = 5) -> Suggestions:
-    """Top-``k`` next events from the owner's own habit counts only (``personal.habits``), no model.
+def habit_probs(vault: "Vault", profile: str, at: datetime) -> tuple[list[str], Any, str]:
+    """The habit predictor's candidates, their probabilities at ``at`` and its privacy line (on the device).
 
-    What a device that never federated and never trained has: nothing is released, so there is no
-    privacy cost and no ledger record. A device that took part in a federated run keeps the habit
-    scorer's shared weights as a vault artefact (``personal.habits.ARTEFACT_KIND``); then the scorer
-    ranks its own counts with them (still computed on the device, still nothing released here).
+    A device that took part in a federated run keeps the habit scorer's shared weights as a vault
+    artefact (``personal.habits.ARTEFACT_KIND``): the scorer then ranks the owner's counts and the
+    shared vocabulary with them (a cold-start owner still gets the population's events). Without
+    them: the owner's own counts only. Either way nothing is released here.
     """
     from personal.errors import ArtefactNotFound
-    from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, suggest_from_habits, weights_from_bytes
+    from personal.habits import (ARTEFACT_KIND, ARTEFACT_NAME, check_vocabulary, habit_distribution,
+                                 weights_from_bytes)
 
-    at = at or datetime.now().astimezone()
     events = history_before(vault.events(profile), at)
     try:
         data, meta = vault.get_artefact(profile, ARTEFACT_KIND, ARTEFACT_NAME)
     except ArtefactNotFound:
-        return Suggestions(at, suggest_from_habits(events, at, k=k), "own habit counts on this device (nothing released)")
+        return (*habit_distribution(events, at), "own habit counts on this device (nothing released)")
     weights, vocab = weights_from_bytes(data)
+    check_vocabulary(vocab, {e.event for e in events})
     eps = meta.get("epsilon")
     how = f"user-level ε {eps:.2f}" if isinstance(eps, (int, float)) else "NON-PRIVATE"
-    return Suggestions(at, suggest_from_habits(events, at, weights, vocab, k=k),
-                       f"own habit counts ranked by the federated habit scorer's shared weights ({how}, learnt with "
-                       "DP-FedAvg); the counts never left this device")
+    return (*habit_distribution(events, at, weights, vocab),
+            f"own habit counts ranked by the federated habit scorer's shared weights ({how}, learnt with "
+            "DP-FedAvg); the counts never left this device")
+
+
+def suggest_from_counts(vault: "Vault", profile: str, at: datetime | None = None, k: int = 5) -> Suggestions:
+    """Top-``k`` next events by the habit predictor (``habit_probs``): no model, no privacy cost, no ledger record."""
+    from personal.habits import top_k
+
+    at = at or datetime.now().astimezone()
+    names, probs, label = habit_probs(vault, profile, at)
+    return Suggestions(at, top_k(names, probs, k), label, "habit")
+
+
+def suggest_with(vault: "Vault", profile: str, base: "BaseModel | str", at: datetime | None = None, k: int = 5,
+                 context: Mapping[str, str] | None = None, predictor: str | None = None) -> Suggestions:
+    """Top-``k`` next events by ``predictor`` (None: ``personal.habits.DEFAULT_PREDICTOR``).
+
+    ``habit``: ``habit_probs``. ``lora``: the owner's adapter on ``base`` (ArtefactNotFound without
+    one). ``combined``: habit log-probabilities + COMBINE_WEIGHT x the adapter's, over the union of
+    their candidates (``personal.habits.combined_scores``); without an adapter it falls back to
+    ``habit`` and says so in the privacy line. ``base`` is a loaded base or its name; a name is
+    loaded only when an adapter is used.
+    """
+    from personal.habits import check_predictor, top_k
+
+    name = check_predictor(predictor)
+    at = at or datetime.now().astimezone()
+    load = _once(base)
+    if name == "lora":
+        return suggest(vault, profile, load(), at, k, context)
+    names, probs, label = habit_probs(vault, profile, at)
+    if name == "combined":
+        model = base_name(base)
+        if _has_adapter(vault, profile, model):
+            return _combined(vault, profile, load(), at, k, context, (names, probs, label))
+        label = f"combined fell back to habit: no adapter for {model} yet (run `homebody personalize`); {label}"
+    return Suggestions(at, top_k(names, probs, k) if len(names) else [], label, "habit")
+
+
+def default_use(vault: "Vault", profile: str, model: str) -> str:
+    """One line: what ``suggest`` ranks with by default for ``profile`` (said after ``homebody personalize``)."""
+    from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, DEFAULT_PREDICTOR
+
+    shared = (ARTEFACT_KIND, ARTEFACT_NAME) in vault.list_artefacts(profile)
+    habit = ("your habit counts ranked by the federation's shared weights stored in this vault" if shared
+             else "your own habit counts (no federated shared weights in this vault)")
+    adapter = f"the adapter for {model}" if _has_adapter(vault, profile, model) else f"an adapter for {model} (none yet)"
+    what = {"habit": habit, "lora": adapter, "combined": f"{habit} combined with {adapter}"}[DEFAULT_PREDICTOR]
+    return (f"`homebody suggest` ranks by default with predictor {DEFAULT_PREDICTOR}: {what}; "
+            "--predictor habit, lora or combined chooses")
+
+
+def _has_adapter(vault: "Vault", profile: str, model: str) -> bool:
+    from personal.personalize import ADAPTER
+
+    return (ADAPTER, model) in vault.list_artefacts(profile)
+
+
+def _combined(vault: "Vault", profile: str, base: BaseModel, at: datetime, k: int,
+              context: Mapping[str, str] | None, habit: tuple[list[str], Any, str]) -> Suggestions:
+    """habit log-probabilities + COMBINE_WEIGHT x the adapter's log-probabilities over the union of candidates."""
+    import numpy as np
+
+    from personal.habits import combined_scores, floor_unscored, top_k
+
+    names, probs, habit_label = habit
+    labels, lora, lora_label = _adapter_probs(vault, profile, base, at, context)
+    seen = set(names)
+    union = list(names) + [lab for lab in labels if lab not in seen]
+    h = dict(zip(names, np.log(np.clip(probs, 1e-300, None))))
+    p = dict(zip(labels, np.asarray(lora, dtype=float)))
+    habit_lp = floor_unscored(np.array([h.get(n, np.nan) for n in union]))
+    z = combined_scores(habit_lp, np.array([p.get(n, 0.0) for n in union]))
+    q = np.exp(z - z.max())
+    return Suggestions(at, top_k(union, q / q.sum(), k), f"habit: {habit_label}; adapter: {lora_label}", "combined")
 
 
 def habit_summary(events: Sequence["Event"], top: int = 3, recent: int = 5) -> str:
@@ -145,14 +237,13 @@ def ask(vault: "Vault", profile: str, question: str, base: "BaseModel | str", *,
 
     config = AnswerConfig(phrasing=phrasing, max_new_tokens=max_new_tokens)
     get_base = _once(base)
-    base_name = base.name if not isinstance(base, str) else (
-        str(Path(base).expanduser().resolve()) if Path(base).expanduser().is_dir() else base)
+    name = base_name(base)
     try:
         events = vault.events(profile)
     except ProfileNotFound:
         events = []
     owner = Owner(events)
-    draft = prepare(question, owner, now=now, suggestions=lambda: _owner_suggestions(vault, profile, base_name, get_base, now))
+    draft = prepare(question, owner, now=now, suggestions=lambda: _owner_suggestions(vault, profile, name, get_base, now))
     if seed is not None:
         import torch
 
@@ -177,14 +268,13 @@ def _once(base: "BaseModel | str") -> "Callable[[], BaseModel]":
     return load
 
 
-def _owner_suggestions(vault: "Vault", profile: str, base_name: str, get_base: "Callable[[], BaseModel]",
+def _owner_suggestions(vault: "Vault", profile: str, model: str, get_base: "Callable[[], BaseModel]",
                        now: datetime | None) -> Any:
     """The personal model's next events, or None when the owner has no adapter on this base."""
     from personal.errors import ArtefactNotFound, ProfileNotFound
-    from personal.personalize import ADAPTER
 
     try:
-        if (ADAPTER, base_name) not in vault.list_artefacts(profile):
+        if not _has_adapter(vault, profile, model):
             return None
         return suggest(vault, profile, get_base(), now, k=3)
     except (ArtefactNotFound, ProfileNotFound, TrainingError):

@@ -30,6 +30,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from personal.auth import token_matches
+from personal.habits import DEFAULT_PREDICTOR, PREDICTORS
+from personal.training import DEFAULT_EPSILON, TrainConfig
 
 if TYPE_CHECKING:
     from personal.assistant import Assistant
@@ -138,6 +140,11 @@ class ChatCompletion(BaseModel):
     homebody: Homebody
 
 
+PREDICTOR_DOC = (f"habit: the owner's habit counts, ranked by the federation's shared weights when the vault has them; "
+                 f"lora: the owner's DP adapter; combined: both (habit alone, said in `privacy`, until an adapter "
+                 f"exists). Default: the assistant's configured predictor, else {DEFAULT_PREDICTOR}.")
+
+
 class Suggestion(BaseModel):
     event: str
     probability: float
@@ -147,13 +154,14 @@ class SuggestionsOut(BaseModel):
     at: datetime
     items: list[Suggestion]
     privacy: str
+    predictor: str = Field(description="The predictor that ranked them (combined without an adapter falls back to habit).")
 
 
 class PersonalizeIn(Strict):
-    epsilon: float = Field(3.0, gt=0, le=100, description="Target epsilon of this release (record level).")
+    epsilon: float = Field(DEFAULT_EPSILON, gt=0, le=100, description="Target epsilon of this release (record level).")
     noise_multiplier: Optional[float] = Field(None, ge=0.3, le=100, description="Use this noise instead of a target epsilon.")
-    epochs: float = Field(3.0, gt=0, le=50)
-    batch_size: int = Field(32, ge=1, le=512)
+    epochs: float = Field(TrainConfig.epochs, gt=0, le=50)
+    batch_size: int = Field(TrainConfig.batch_size, ge=1, le=512)
     non_private: bool = Field(False, description="Train WITHOUT differential privacy (spends the budget to infinity).")
 
 
@@ -227,10 +235,11 @@ class ErrorOut(BaseModel):
 def _status(exc: Exception) -> int:
     from personal.assistant import InvalidMessages, JobNotFound, JobRunning
     from personal.errors import ArtefactMismatch, ArtefactNotFound, InvalidEvent, ProfileNotFound
+    from personal.habits import HabitError
     from personal.training import TrainingError
     from privacy.budget import BudgetExhausted
 
-    for kinds, code in (((BudgetExhausted, JobRunning, ArtefactNotFound, ArtefactMismatch, TrainingError), 409),
+    for kinds, code in (((BudgetExhausted, JobRunning, ArtefactNotFound, ArtefactMismatch, TrainingError, HabitError), 409),
                         ((JobNotFound, ProfileNotFound), 404), ((InvalidEvent, InvalidMessages), 422)):
         if isinstance(exc, kinds):
             return code
@@ -415,11 +424,14 @@ def create_app(assistant: "Assistant | None", token: str, *, max_body_bytes: int
         return {"added": added, "total": a.count()}
 
     @app.get("/v1/suggestions", response_model=SuggestionsOut, tags=["events"],
-             responses={**errors, 409: {"model": ErrorOut, "description": "No adapter yet"}})
-    def suggestions(k: int = Query(5, ge=1, le=50), at: Annotated[Time, Query()] = None) -> dict:
-        """The top-k next events at `at` (default now) from the owner's adapter."""
-        out = owner().suggest(at, k)
-        return {"at": out.at, "items": [{"event": e, "probability": p} for e, p in out.items], "privacy": out.privacy}
+             responses={**errors, 409: {"model": ErrorOut, "description": "predictor=lora and no adapter yet, or stored shared "
+                                                                "habit weights that do not fit this owner"}})
+    def suggestions(k: int = Query(5, ge=1, le=50), at: Annotated[Time, Query()] = None,
+                    predictor: Optional[Literal[PREDICTORS]] = Query(None, description=PREDICTOR_DOC)) -> dict:
+        """The top-k next events at `at` (default now), by `predictor` (default: the server's)."""
+        out = owner().suggest(at, k, predictor=predictor)
+        return {"at": out.at, "items": [{"event": e, "probability": p} for e, p in out.items], "privacy": out.privacy,
+                "predictor": out.predictor}
 
     @app.post("/v1/personalize", response_model=JobOut, status_code=202, tags=["personalization"],
               responses={**errors, 409: {"model": ErrorOut, "description": "Budget exhausted (names the remaining "

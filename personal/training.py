@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 
     from privacy.accountant import SubsampledGaussian
 
-__all__ = ["LoraSettings", "DPConfig", "TrainConfig", "TrainResult", "MechanismPlan", "PersonalModel",
+__all__ = ["LoraSettings", "DPConfig", "TrainConfig", "DEFAULT_EPSILON", "personal_lora", "TrainResult", "MechanismPlan",
+           "PersonalModel",
            "TrainingError", "usable_examples", "wrap", "plan_mechanism", "train_adapter"]
 
 DEFAULT_TARGETS = {"encoder": ("query", "value"), "causal": ("q_proj", "v_proj")}
 LM_SHARE = "lm"
+DEFAULT_EPSILON = 3.0  # the target epsilon of a personalization that names neither epsilon nor noise (CLI, SDK, API)
 
 
 class TrainingError(HomebodyError):
@@ -89,11 +91,22 @@ class DPConfig:
             raise TrainingError(f"need 0 < delta < 1 and max_grad_norm > 0 (got {self.delta}, {self.max_grad_norm})")
 
 
+def personal_lora() -> LoraSettings:
+    """The LoRA placement of a personalization unless told otherwise: ``LoraSettings``' rank on the
+    top layer only, so the frozen lower layers' outputs are computed once and cached (the
+    federation's shared adapter uses the same placement)."""
+    return LoraSettings(layers=(-1,))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. ``batch_size`` is the EXPECTED batch size under Poisson sampling."""
+    """Optimisation settings. ``batch_size`` is the EXPECTED batch size under Poisson sampling.
 
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    The defaults are the one source of ``homebody personalize``'s options, the SDK's
+    ``Assistant.personalize`` and the local API's ``POST /v1/personalize`` (tests/test_defaults.py).
+    """
+
+    lora: LoraSettings = field(default_factory=personal_lora)
     epochs: float = 3.0
     batch_size: int = 32
     sample_rate: float | None = None  # fixes q (expected batch = q * n) instead of batch_size
@@ -389,20 +402,38 @@ def _Upper(base: BaseModel, blocks, head):
 
 
 def wrap(base: BaseModel, lora: LoraSettings | None = None) -> PersonalModel:
-    """The base's ``PersonalModel`` for ``lora``: injected on first use, then reused.
+    """The base's ``PersonalModel`` for ``lora`` (default: ``personal_lora()``): injected on first
+    use, then reused while the settings stay the same.
 
-    A loaded base holds LoRA layers for one setting; ask for another and you get a typed error
-    (load the base again for it).
+    Asked for other settings (an adapter trained by ``homebody personalize --rank 4``, then one
+    from the SDK's defaults, on one served base), the base's LoRA layers are taken out and the new
+    ones injected: the previous ``PersonalModel`` is dropped (its adapter was in the vault, not
+    here). Callers that share a base across threads hold their model lock around wrap and use.
     """
-    lora = lora or LoraSettings()
+    lora = lora or personal_lora()
     key = "personal-model"
     pm = base.wrapped.get(key)
+    if pm is not None and pm.lora != lora:
+        _remove_lora(base)
+        del base.wrapped[key]
+        pm = None
     if pm is None:
         pm = PersonalModel(base, lora)
         base.wrapped[key] = pm
-    elif pm.lora != lora:
-        raise TrainingError(f"this loaded base is already wrapped with {pm.lora}; load it again for {lora}")
     return pm
+
+
+def _remove_lora(base: BaseModel) -> None:
+    """Put every module peft wrapped with LoRA back to the plain layer it wrapped."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    targets = [name for name, module in base.model.named_modules() if isinstance(module, BaseTunerLayer)]
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = base.model.get_submodule(parent_name) if parent_name else base.model
+        setattr(parent, child, getattr(parent, child).get_base_layer())
+    if "peft_config" in vars(base.model):  # peft's record of the injection: the next one starts afresh
+        del base.model.peft_config
 
 
 # -- training -------------------------------------------------------------------------------------

@@ -79,6 +79,28 @@ class BudgetPolicy:
 DEFAULT_POLICY = BudgetPolicy(epsilon_cap=8.0, delta=1e-5)
 
 
+@dataclass(frozen=True)
+class BudgetStatus:
+    """One profile+unit's budget as the ledger holds it: ``spent`` epsilon (inf once a non-private
+    release was recorded), the policy's caps and delta, what the total cap still allows, and how
+    many releases were recorded. ``ReleaseGate.status`` makes these; the CLI's table and the SDK read them."""
+
+    profile: str
+    unit: str
+    spent: float
+    cap: float
+    remaining: float
+    delta: float
+    releases: int
+    window_days: float | None = None
+    window_cap: float | None = None
+
+    @property
+    def unbounded(self) -> bool:
+        """True once a non-private release made the spent epsilon infinite."""
+        return math.isinf(self.spent)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -175,6 +197,17 @@ class ReleaseGate:
         """Epsilon of all recorded releases of this profile+unit, at the policy's delta."""
         return self._epsilon(self._releases(profile, unit), self.policy(profile, unit).delta)
 
+    def status(self, profile: str) -> tuple[BudgetStatus, ...]:
+        """The profile's budget per unit (in ``UNITS`` order): spent, caps, remaining, releases."""
+        out = []
+        for unit in UNITS:
+            pol = self.policy(profile, unit)
+            releases = self._releases(profile, unit)
+            spent = self._epsilon(releases, pol.delta)
+            out.append(BudgetStatus(profile, unit, spent, pol.epsilon_cap, max(0.0, pol.epsilon_cap - spent), pol.delta,
+                                    len(releases), pol.window_days, pol.window_cap))
+        return tuple(out)
+
     def remaining(self, profile: str, unit: str) -> float:
         """What the total cap still allows (0 when spent); the window cap may allow less now."""
         return max(0.0, self.policy(profile, unit).epsilon_cap - self.spent(profile, unit))
@@ -253,6 +286,6 @@ class ReleaseGate:
 
 
 __all__ = [
-    "BudgetError", "BudgetExhausted", "BudgetPolicy", "DEFAULT_POLICY", "LedgerError", "ReleaseGate",
+    "BudgetError", "BudgetExhausted", "BudgetPolicy", "BudgetStatus", "DEFAULT_POLICY", "LedgerError", "ReleaseGate",
     "SeededNoiseRefused", "check_rng",
 ]

@@ -154,19 +154,16 @@ def steps_cmd(
 
 def _budget_rows(db, profiles: list[str], accountant: str, signer=None, names: dict[str, str] | None = None) -> list[dict]:
     from privacy.budget import ReleaseGate
-    from privacy.ledger import UNITS
 
     gate = ReleaseGate(db, signer=signer, accountant=accountant)
     names = names or {}
     rows = []
     for p in profiles:
         pid = gate.ledger.profile_key(p)
-        for unit in UNITS:
-            pol, spent = gate.policy(p, unit), gate.spent(p, unit)
-            rows.append({"profile": names.get(pid, p), "profile_id": pid, "unit": unit, "spent": _eps_json(spent),
-                         "cap": pol.epsilon_cap,
-                         "remaining": max(0.0, pol.epsilon_cap - spent), "delta": pol.delta,
-                         "window_days": pol.window_days, "window_cap": pol.window_cap})
+        for s in gate.status(p):
+            rows.append({"profile": names.get(pid, p), "profile_id": pid, "unit": s.unit, "spent": _eps_json(s.spent),
+                         "cap": s.cap, "remaining": s.remaining, "delta": s.delta,
+                         "window_days": s.window_days, "window_cap": s.window_cap})
     return rows
 
 

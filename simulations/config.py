@@ -61,6 +61,12 @@ class SimulationConfig:
     # torch intra-op threads. One is fastest for the small per-device ops whenever anything else
     # competes for the cores (2 threads then spin-wait: 100x slower measured); try 2 on an idle machine.
     threads: int = 1
+    # Fast engine: worker processes the devices are sharded over (None: every core; results do not
+    # depend on it). Flower engine: the CPUs of its local Ray.
+    workers: Optional[int] = None
+    # An existing Ray cluster ("HOST:PORT" or "auto"): the fast engine's shards run as Ray actors
+    # there, and the Flower engine's simulation runs there. None: this machine only.
+    ray_address: Optional[str] = None
     # Canary clients (federation/canary.py, issue 17): 0 = none, the global adapter is untouched by any.
     audit_canaries: int = 0
     # The habit scorer (personal.habits; simulations.habit_sim). Federated (fast engine): its shared
@@ -117,6 +123,10 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--scorer-clip must be a positive number (got {self.scorer_clip})")
         if not (self.combine_weight >= 0 and math.isfinite(self.combine_weight)):
             raise BadSimulationConfig(f"--combine-weight must be 0 or more (got {self.combine_weight})")
+        if self.workers is not None and self.workers < 1:
+            raise BadSimulationConfig(f"--workers must be at least 1 (got {self.workers})")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise BadSimulationConfig("--ray-address must name a cluster (HOST:PORT, or 'auto')")
         if self.threads < 1:
             raise BadSimulationConfig(f"--threads must be at least 1 (got {self.threads})")
         if self.audit_canaries and (self.audit_canaries < 2 or self.mode != "federated" or self.engine != "fast"

@@ -1,45 +1,56 @@
-"""The fast engine: every virtual device in one process, on ONE shared frozen base.
+"""The fast engine: the server side here, the virtual devices on shards that each hold ONE shared frozen base.
 
-The Flower apps' client and server logic: each device's round is `federation.device.train_round`
-(its own vault ledger as its ReleaseGate), the server screens and averages with
-`federation.server.aggregate`, devices score the global and personalised adapters with
-`federation.device.evaluate_device`. Fast because the base is loaded and LoRA-wrapped once; LoRA
-sits on the top layer only, so the frozen layers' outputs for each device's examples are computed
-once (batched across a cohort) and reused from a cache that spills to disk (`devices.FeatureCache`).
+It implements the Engine protocol (simulations.engines) and runs the same client and server logic as the Flower apps: each device's round is
+`federation.device.train_round` (with the device's own vault ledger as its ReleaseGate), the
+server screens and averages with `federation.server.aggregate`, and devices score the global
+and their personalised adapters with `federation.device.evaluate_device`. What makes it fast:
+
+- the base is loaded and LoRA-wrapped once per worker; devices only swap adapter arrays;
+- LoRA sits on the top layer only, so the frozen lower layers' outputs for each device's
+  examples are computed once (batched across devices, the first time a device is sampled) and
+  reused in every later round, from a memory-bounded cache that spills to disk
+  (`simulations.devices.FeatureCache`);
+- the devices are sharded over `--workers` processes (or Ray actors with `--ray-address`), each
+  device on one shard for the whole run (simulations.shards, simulations.workers); what comes back
+  is merged in cohort order, so results do not depend on the number of workers;
+- no per-round actors or messages per device: one request per shard and round.
 
 `--mode federated` first learns the habit scorer's shared weights (simulations.habit_sim) with
-DP-FedAvg for a share of the user-level budget, the LoRA noise calibrated with that release as a
-prior; `--predictor habit` trains no LoRA at all (`_habit_round`), `--predictor lora` runs no scorer.
-`--mode local` trains each device's own adapter with DP-SGD at record level, a round being
-`local_epochs` more passes, each round's steps one ledger release (the target reached at the last).
+DP-FedAvg through each device's gate for a share of the user-level budget; the LoRA noise is then
+calibrated with that release as a prior. `top1` is the configured predictor's (habit, LoRA, combined).
+
+`--mode local` trains each device's own adapter with DP-SGD at record level (`train_adapter`), a
+round being `local_epochs` more passes; the noise is calibrated once for the run and each round's
+steps are one ledger release, so the ledger's epsilon reaches the target exactly at the last round.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from simulations.devices import FeatureCache, SimDevice, attach_feature_cache, encode_all, quantized_rate
-from simulations.config import RoundResult, SimulationConfig, epsilon_stats
 from privacy.randomness import SEEDED
+from simulations.config import RoundResult, SimulationConfig, epsilon_stats
+from simulations.devices import FeatureCache, SimDevice
+from simulations.shards import DeviceOutcome, ShardSetup, calibrated_noise
 
-MAX_LENGTH = 64  # personal.training.TrainConfig's default, which train_round and evaluate_device use
+__all__ = ["DeviceState", "FastEngine", "calibrated_noise", "federation_config"]
+ENCODE_CHUNK = 64  # texts per encoding group (the frozen layers run 64 rows a batch): small groups balance the shards
 
 
 def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int = 0, prior: tuple = ()):
     """The FederationConfig a simulation runs with: noise calibrated to the user-level target.
 
-    `prior`: user-level releases charged before the LoRA rounds (the habit scorer's): the LoRA
-    noise is calibrated so that they and the LoRA rounds together cost at most the target.
+    `prior`: user-level releases every device is charged before the LoRA rounds (the habit
+    scorer's, simulations.habit_sim): the LoRA noise is calibrated so that they and the LoRA
+    rounds together cost at most the target.
 
     In "secagg" mode each of the K devices of a cohort adds sigma*C/sqrt(K), so the sum the server
     uses carries sigma*C (the secure-aggregation protocol itself is not simulated: both engines'
@@ -61,17 +72,6 @@ def federation_config(cfg: SimulationConfig, n_devices: int, labels_count: int =
     )
 
 
-@lru_cache(maxsize=1024)
-def calibrated_noise(epsilon: float, sample_rate: float, steps: int, delta: float, prior: tuple = ()) -> float:
-    """Noise multiplier so that `steps` releases at sample rate q, after the `prior` ones, cost
-    `epsilon` with the gates' accountant: user level for federated rounds (q = cohort rate), record
-    level for local DP-SGD steps."""
-    from privacy.accountant import noise_for_epsilon
-    from simulations.devices import GATE_ACCOUNTANT
-
-    return float(noise_for_epsilon(epsilon * 0.999, sample_rate, steps, delta, accountant=GATE_ACCOUNTANT, prior=prior))
-
-
 @dataclass
 class DeviceState:
     """What the engine remembers about a device between rounds (its ledger lives in its vault)."""
@@ -80,19 +80,16 @@ class DeviceState:
     rounds: int = 0
     declined: str | None = None
     last_eval: dict = field(default_factory=dict)
-    adapter: object = None  # local mode: the device's own adapter between rounds
 
 
 class FastEngine:
-    """Runs rounds of the simulation in-process. `round(r)` returns that round's metrics."""
+    """The simulation's server side in this process; the devices' side on shards (simulations.workers)."""
 
     def __init__(self, cfg: SimulationConfig, devices: Sequence[SimDevice], labels: Sequence[str],
                  cache_dir: Path, tick: Callable[[int], None] | None = None,
                  cache: FeatureCache | None = None) -> None:
-        from federation.device import initial_adapter, lora_settings, shared_base
-        from personal.training import wrap
-
         from simulations.habit_sim import scorer_plan
+        from simulations.workers import ShardPool
 
         self.cfg, self.devices, self.labels = cfg, list(devices), list(labels)
         self.tick = tick or (lambda n: None)
@@ -102,19 +99,17 @@ class FastEngine:
         self.scorer_weights: dict | None = None
         prior = self.scorer_plan.prior if self.scorer_plan and cfg.trains_lora else ()
         self.fcfg = federation_config(cfg, len(self.devices), len(self.labels), prior)
-        self.base = shared_base(cfg.model, self.fcfg.lora_r)
-        self.pm = wrap(self.base, lora_settings(self.fcfg))
-        # A caller running several configurations on the same devices may share one cache.
-        self.own_cache = cache is None
-        self.cache = cache if cache is not None else FeatureCache(cache_dir)
-        attach_feature_cache(self.pm, self.cache)
+        # Workers start loading their base now, while this process sets up (and learns the habit scorer).
+        # A caller running several configurations on the same devices may share one cache (one worker).
+        self.pool = ShardPool(ShardSetup(cfg, self.fcfg, self.labels, str(cache_dir), self.run_id), cfg.workers,
+                              cfg.ray_address, cache, most=len(self.devices))
         self.state = {d.user: DeviceState() for d in self.devices}
         self.index = {d.user: i for i, d in enumerate(self.devices)}
-        self.global_adapter = initial_adapter(self.base, self.labels, self.fcfg) if cfg.mode == "federated" else None
-        self.canaries = _canary_clients(cfg, self.global_adapter)  # None unless --audit-canaries (issue 17)
+        self.global_adapter = None  # federated: the first shard's initial adapter, fetched at round 1
+        self.canaries = None  # CanaryClients when --audit-canaries (issue 17)
         self.rng = random.Random(cfg.seed)
         self.np_rng = np.random.default_rng(cfg.seed)
-        self.participations: dict[str, int] = {}
+        self.encoded: set[str] = set()
         self.train_seconds = 0.0
         self.encode_seconds = 0.0
         self.train_examples_seen = 0
@@ -124,7 +119,23 @@ class FastEngine:
         """Federated runs learn the habit scorer's shared weights (unless --no-habit-scorer or --predictor lora)."""
         return self.cfg.mode == "federated" and self.cfg.habit_scorer and self.cfg.predictor != "lora"
 
+    @property
+    def devices_per_round(self) -> int:
+        """How many devices each round trains (the progress bar's length)."""
+        return min(len(self.devices), self.cfg.devices_per_round or len(self.devices))
+
     # -- setup ----------------------------------------------------------------------------
+    def prepare(self, results: dict, progress: Callable[[str, int], Callable[[int], None]]) -> None:
+        """Before the rounds: the noise, the habit scorer's run (federated) and the budget split in `results`."""
+        from simulations.fast_report import budget_split, habit_scorer_summary, predictor_summary
+
+        lora_fed = self.cfg.mode == "federated" and self.cfg.trains_lora
+        results["privacy"]["noise_multiplier"] = self.fcfg.noise_multiplier if lora_fed else None
+        results["habit_scorer"] = habit_scorer_summary(self, progress)
+        results["predictor"] = predictor_summary(self)
+        if self.cfg.mode == "federated":
+            results["privacy"]["budget_split"] = budget_split(self)
+
     def train_scorer(self, on_round: Callable[[int], None] | None = None) -> dict:
         """Federated: the habit scorer's DP-FedAvg run over every device, before the LoRA rounds.
 
@@ -138,6 +149,7 @@ class FastEngine:
         hook = (lambda r, _w: on_round(r)) if on_round else None
         self.scorer_weights, spent = train_scorer(self.cfg, self.scorer_plan, self.devices, self.labels, hook)
         store_weights(self.devices, self.scorer_weights, self.labels, spent, self.scorer_plan.run.run)
+        self.pool.broadcast("set_scorer", self.scorer_weights)
         for user, eps in spent.items():
             self.state[user].epsilon = eps
         values = list(spent.values())
@@ -145,21 +157,28 @@ class FastEngine:
                                               "weights_w": [float(x) for x in self.scorer_weights["w"]]}
 
     def encode(self, devices: Sequence[SimDevice]) -> None:
-        """Encode these devices' train and test texts through the frozen layers, batched across devices.
-
-        Lists already in the cache are skipped, so each device's features are computed once per run.
-        """
+        """Place the devices not yet on a shard, in groups of about ENCODE_CHUNK texts, and have their
+        shards encode them through the frozen layers (once per run). The groups depend only on the
+        devices' order, never on the number of workers, so neither do the features."""
         ts = time.perf_counter()
-        lists = []
+        groups, group, size = [], [], 0
         for d in devices:
-            lists.append([e.text for e in d.train if e.label is not None])
-            lists.append([e.text for e in d.test if e.label is not None])
-        encode_all(self.pm, lists, MAX_LENGTH)
+            if d.user in self.encoded:
+                continue
+            self.encoded.add(d.user)
+            group.append(d)
+            size += sum(1 for e in d.train if e.label is not None) + sum(1 for e in d.test if e.label is not None)
+            if size >= ENCODE_CHUNK:
+                groups.append(group)
+                group, size = [], 0
+        if group:
+            groups.append(group)
+        self.pool.encode(self.pool.place(groups))
         self.encode_seconds += time.perf_counter() - ts
 
     def cohort(self) -> list[SimDevice]:
         """The devices sampled this round (all when --devices-per-round is not set)."""
-        k = min(len(self.devices), self.cfg.devices_per_round or len(self.devices))
+        k = self.devices_per_round
         if k == len(self.devices):
             return list(self.devices)
         return self.rng.sample(self.devices, k)
@@ -176,48 +195,41 @@ class FastEngine:
         metrics.wall_s = time.perf_counter() - t0
         return metrics
 
+    def _count(self, outcome: DeviceOutcome) -> None:
+        """Add a device's training time and examples to the engine's totals."""
+        self.train_seconds += outcome.train_s
+        self.train_examples_seen += outcome.examples
+
     # -- federated ------------------------------------------------------------------------
     def _federated_round(self, r: int) -> RoundResult:
-        from federation.device import DeviceDeclined, DeviceRound, adapter_from_arrays, noise_rng, train_round
         from federation.server import aggregate
         from federation.update import spec_of
 
+        if self.global_adapter is None:  # this process never loads the base: a shard makes the initial adapter
+            self.global_adapter = self.pool.first("initial_adapter")
+            self.canaries = _canary_clients(self.cfg, self.global_adapter)
         cohort = self.cohort()
         self.encode(cohort)
         q = len(cohort) / len(self.devices)
+        outcomes = self.pool.run("train", [d.user for d in cohort], r, q, self.global_adapter,
+                                 streams=[self.index[d.user] for d in cohort], tick=self.tick)
         updates, nbytes = [], []
-        for d in cohort:
-            st = self.state[d.user]
-            with d.open_gate() as (_vault, gate):
-                ctx = DeviceRound(d.user, r, q, None if self.cfg.non_private else gate, d.user,
-                                  noise_rng(self.cfg.seed, r, self.index[d.user]), seed=self.cfg.seed + r,
-                                  run=self.run_id)
-                ts = time.perf_counter()
-                try:
-                    res = train_round(self.base, self.global_adapter, d.train, self.fcfg, ctx)
-                except DeviceDeclined as exc:
-                    st.declined = exc.reason
-                    self.tick(1)
-                    continue
-                self.train_seconds += time.perf_counter() - ts
-                self.train_examples_seen += len(d.train) * self.fcfg.local_epochs
-                if self.cfg.non_private:
-                    gate.commit_non_private(d.user, "user", res.wire.sha256(),
-                                            details={"round": r, "mode": "simulation", "non_private": True})
-                    st.epsilon = math.inf
-                else:
-                    st.epsilon = float(res.epsilon if res.epsilon is not None else gate.spent(d.user, "user"))
-            st.rounds += 1
-            updates.append(res.update)
-            nbytes.append(res.bytes_up)
-            self.tick(1)
+        for o in outcomes:  # in cohort order, as one process would have produced them
+            st = self.state[o.user]
+            if o.declined:
+                st.declined = o.declined
+                continue
+            self._count(o)
+            st.epsilon, st.rounds = o.epsilon, st.rounds + 1
+            updates.append(o.update)
+            nbytes.append(o.bytes_up)
         spec = spec_of(self.global_adapter.tensors)
         if self.canaries is not None:  # an audit run: canary clients join the round like devices
             updates += self.canaries.updates(r, q)
         outcome = aggregate(self.global_adapter.tensors, updates, spec, self.fcfg, r, self.np_rng)
         if self.canaries is not None:
             self.canaries.observe(self.global_adapter.tensors, outcome.arrays)
-        self.global_adapter = adapter_from_arrays(self.base, outcome.arrays, self.labels, self.fcfg)
+        self.global_adapter = _next_global(self.global_adapter, outcome.arrays)
         if r == self.cfg.rounds and not self.cfg.non_private and len(cohort) < len(self.devices):
             self._settle(r, q)
         evaluated = cohort
@@ -243,119 +255,35 @@ class FastEngine:
             with d.open_gate() as (_vault, gate):
                 self.state[d.user].epsilon = settle_run(gate, d.user, self.run_id, rounds, self.fcfg, q, digest, rng=SEEDED)
 
-    def _evaluate_federated(self, cohort: Sequence[SimDevice], r: int) -> list[dict]:
+    def _evaluate_federated(self, devices: Sequence[SimDevice], r: int) -> list[dict]:
         """Each evaluated device scores the new global adapter and its personalised fine-tune of it."""
-        from federation.device import evaluate_device
-
-        out = []
-        for d in cohort:
-            ts = time.perf_counter()
-            probs: dict = {}
-            m = evaluate_device(self.base, self.global_adapter, d.train, d.test, self.fcfg, seed=self.cfg.seed + r,
-                                probs_out=probs)
-            self.train_seconds += time.perf_counter() - ts
-            self.train_examples_seen += len(d.train) * self.fcfg.personal_epochs
-            m |= self._with_habits(d, self.global_adapter.labels, probs.get("personal"), m)
-            self.state[d.user].last_eval = m
-            out.append(m)
-        return out
-
-    def _habit_weights(self):
-        """The scorer's shared weights (federated) or None: each device's own counts (local, or no scorer)."""
-        return self.scorer_weights if self.runs_scorer else None
-
-    def _hits(self, d: SimDevice, labels: Sequence[str], probs) -> dict | None:
-        """Per predictor (habit, lora, combined): top-1/top-5 hits on the device's held-out events."""
-        from simulations.habit_sim import habit_log_probs, predictor_hits
-
-        test = [e for e in d.test if e.label is not None]
-        if (probs is None and self.cfg.trains_lora) or not test or len(d.habit_queries) != len(test):
-            return None
-        if self.runs_scorer and self.scorer_weights is None:
-            return None  # the scorer has not run (an engine driven without train_scorer)
-        habit = habit_log_probs(d, labels, self._habit_weights())
-        return predictor_hits(habit, probs, labels, [e.label for e in test], self.cfg.combine_weight)
-
-    def _with_habits(self, d: SimDevice, labels: Sequence[str], probs, m: dict) -> dict:
-        """The LoRA model's numbers kept as lora_top1/5; top1/top5 become the configured predictor's."""
-        from simulations.habit_sim import metrics
-
-        hits = self._hits(d, labels, probs)
-        if hits is None:
-            return {"lora_top1": m.get("top1"), "lora_top5": m.get("top5")}
-        return metrics(hits, self.cfg.predictor)
+        outcomes = self.pool.run("evaluate", [d.user for d in devices], r, self.global_adapter)
+        for o in outcomes:
+            self._count(o)
+            self.state[o.user].last_eval = o.metrics
+        return [o.metrics for o in outcomes]
 
     def _habit_round(self, r: int) -> RoundResult:
         """--predictor habit: nothing more is trained; every device scores its held-out events with counts (+ scorer)."""
-        for d in self.devices:
-            self.state[d.user].last_eval = self._with_habits(d, self._habit_labels(d), None, {})
+        self.pool.place([[d] for d in self.devices])
+        for o in self.pool.run("habits", [d.user for d in self.devices], tick=self.tick):
+            self.state[o.user].last_eval = o.metrics
         evals = [st.last_eval for st in self.state.values() if "top1" in st.last_eval]
         return self._round_result(r, evals, [], {"devices_evaluated": len(evals)})
 
-    def _habit_labels(self, d: SimDevice) -> list[str]:
-        """The labels a device's habit predictor ranks: the shared vocabulary (federated) or its own."""
-        return self.labels if self.cfg.mode == "federated" else sorted({e.label for e in d.train if e.label})
-
     # -- local only -----------------------------------------------------------------------
     def _local_round(self, r: int) -> RoundResult:
-        from federation.device import topk_accuracy
-
-        evals = []
+        """Each device trains its own adapter further (DP-SGD, record level) and scores it."""
         self.encode(self.devices)
-        for d in self.devices:
-            st = self.state[d.user]
-            labels = sorted({e.label for e in d.train if e.label is not None})
-            test = [e for e in d.test if e.label is not None]
-            if not labels or not test:
-                self.tick(1)
-                continue
-            ts = time.perf_counter()
-            adapter = self._local_train(d, st, labels, r)
-            self.train_seconds += time.perf_counter() - ts
-            self.pm.load_adapter(adapter)
-            probs = self.pm.predict_proba([e.text for e in test], max_length=MAX_LENGTH)
-            targets = [e.label for e in test]
-            m = {"top1": topk_accuracy(probs, labels, targets, 1), "top5": topk_accuracy(probs, labels, targets, 5),
-                 "num-test": float(len(test))}
-            m |= self._with_habits(d, labels, probs, m)
-            st.last_eval = m
-            evals.append(m)
-            self.tick(1)
+        evals = []
+        for o in self.pool.run("local", [d.user for d in self.devices], r, tick=self.tick):
+            if not o.trained:
+                continue  # no labelled training or held-out events
+            self._count(o)
+            st = self.state[o.user]
+            st.epsilon, st.rounds, st.last_eval = o.epsilon, st.rounds + 1, o.metrics
+            evals.append(o.metrics)
         return self._round_result(r, evals, [0] * len(self.devices), {"devices_evaluated": len(evals)})
-
-    def _local_train(self, d: SimDevice, st: DeviceState, labels: list[str], r: int):
-        """`local_epochs` more DP-SGD passes over the device's own events: one record-level release."""
-        from personal.training import DPConfig, MechanismPlan, TrainConfig, train_adapter
-
-        train = [e for e in d.train if e.label is not None]
-        tcfg = TrainConfig(lora=self.pm.lora, epochs=self.cfg.local_epochs, batch_size=self.cfg.batch_size,
-                           lr=self.cfg.learning_rate, max_length=MAX_LENGTH, seed=self.cfg.seed + r)
-        with d.open_gate() as (vault, gate):
-            if self.cfg.non_private:
-                res = train_adapter(self.base, train, labels, tcfg, DPConfig.non_private(), init=st.adapter)
-                gate.commit_non_private(d.user, "record", res.adapter.sha256(), details={"round": r, "mode": "simulation"})
-                st.epsilon = math.inf
-            else:
-                q = quantized_rate(self.cfg.batch_size, len(train))
-                per_round = max(1, math.ceil(self.cfg.local_epochs / q))
-                z = calibrated_noise(self.cfg.epsilon, q, per_round * self.cfg.rounds, self.cfg.delta)
-                start, end = per_round * (r - 1), per_round * r
-                plan = MechanismPlan(noise_multiplier=z, sample_rate=q, steps=end, delta=self.cfg.delta, epsilon=None)
-                step_plan = MechanismPlan(z, q, per_round, self.cfg.delta, None)
-                gate.check(d.user, "record", step_plan.mechanism())
-                # Seeded on purpose: a simulation must be reproducible (recorded as such in the ledger).
-                res = train_adapter(self.base, train, labels, tcfg, DPConfig(noise_multiplier=z, delta=self.cfg.delta,
-                                    max_grad_norm=self.cfg.clip_norm, rng=SEEDED), init=st.adapter, start_step=start,
-                                    plan=plan)
-                gate.commit(d.user, "record", step_plan.mechanism(), artefact_sha256=res.adapter.sha256(),
-                            mechanism="dp-sgd", details={"round": r, "mode": "simulation", "steps": per_round,
-                                                         "rng": SEEDED})
-                st.epsilon = gate.spent(d.user, "record")
-            vault.put_artefact(d.user, "adapter", "simulation-local", res.adapter.to_bytes(),
-                               {"round": r, "epsilon": None if math.isinf(st.epsilon) else st.epsilon})
-        self.train_examples_seen += len(train) * self.cfg.local_epochs
-        st.adapter, st.rounds = res.adapter, st.rounds + 1
-        return res.adapter
 
     # -- shared ---------------------------------------------------------------------------
     def _round_result(self, r: int, evals: list[dict], nbytes: list[int], extra: dict) -> RoundResult:
@@ -374,37 +302,10 @@ class FastEngine:
         )
 
     def personal_hits(self, d: SimDevice) -> dict[str, list[bool]]:
-        """Per held-out example: is each predictor's top-1 right? (planted-routine check)
-
-        "personalized" is the configured predictor's (results.json's top1), with "lora", "habit" and
-        "combined" when they ran. Federated LoRA: the personalization `evaluate_device` does; local: own adapter.
-        """
-        from federation.device import train_config
-        from personal.training import DPConfig, train_adapter
-
-        test = [e for e in d.test if e.label is not None]
-        if not self.cfg.trains_lora:
-            hits = self._hits(d, self._habit_labels(d), None)
-            return {"personalized": hits["habit"][1], "habit": hits["habit"][1]} if hits else {"personalized": [False] * len(test)}
-        if self.cfg.mode == "federated":
-            usable = [e for e in d.train if e.label in set(self.labels)]
-            adapter = self.global_adapter
-            if self.fcfg.personal_epochs > 0 and usable:
-                adapter = train_adapter(self.base, usable, self.labels, train_config(self.fcfg, self.fcfg.personal_epochs,
-                                        self.cfg.seed + self.cfg.rounds), DPConfig.non_private(), init=adapter).adapter
-        else:
-            adapter = self.state[d.user].adapter
-            if adapter is None:
-                return {"personalized": [False] * len(test)}
-        self.pm.load_adapter(adapter)
-        probs = self.pm.predict_proba([e.text for e in test], max_length=MAX_LENGTH)
-        best = np.argmax(probs, axis=1)
-        lora = [adapter.labels[i] == e.label for i, e in zip(best, test)]
-        hits = self._hits(d, adapter.labels, probs)
-        if hits is None:
-            return {"personalized": lora, "lora": lora}
-        out = {name: by_k[1] for name, by_k in hits.items()}
-        return out | {"personalized": out[self.cfg.predictor]}
+        """Per held-out example: is each predictor's top-1 right? (planted-routine check, on the
+        device's shard: see `simulations.shards.DeviceShard.personal_hits`)."""
+        self.pool.place([[d]])
+        return self.pool.call(d.user, "personal_hits", self.global_adapter)
 
     def canary_estimate(self) -> dict | None:
         """The canary clients' user-level epsilon estimates next to the claim (None without canaries)."""
@@ -426,10 +327,32 @@ class FastEngine:
                             for name in ("habit", "lora", "combined") for k in (1, 5)}})
         return rows
 
+    def finish(self, results: dict) -> None:
+        """After the rounds: throughput and timing, and the canary audit when the run has one."""
+        from simulations.fast_report import throughput
+
+        results.setdefault("timing", {}).update(throughput(results, self))
+        if self.cfg.audit_canaries:
+            results["canary_audit"] = self.canary_estimate()
+
+    def ledger_summaries(self) -> tuple[str, list]:
+        """(accountant, each device's privacy.report.DeviceSummary from the ledger in its vault)."""
+        from simulations.fast_report import vault_summaries
+
+        return vault_summaries(self.devices, self.cfg)
+
     def close(self) -> None:
-        """Remove the spilled feature files (they are derived from personal events), unless shared."""
-        if self.own_cache:
-            self.cache.clear_files()
+        """Stop the workers; each removes its spilled feature files (derived from personal events), unless shared."""
+        self.pool.close()
+
+
+def _next_global(previous, arrays):
+    """The new global Adapter: the aggregated arrays on the previous one's base identity and labels
+    (what `federation.device.adapter_from_arrays` builds from a loaded base)."""
+    from personal.adapter import Adapter
+
+    return Adapter(previous.base_identity, list(previous.labels), {k: np.asarray(v, np.float32) for k, v in arrays.items()},
+                   previous.lora)
 
 
 def _canary_clients(cfg: SimulationConfig, global_adapter):

@@ -10,7 +10,6 @@ module; the names below are re-exported for callers that know them from here.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,14 @@ def _progress(show: bool):
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     disable=not show, transient=False)
+
+
+def _new_line(bar):
+    """progress(description, total) -> advance(n): a new line on the bar (total None: no count)."""
+    def new(description: str, total: int | None):
+        task = bar.add_task(description, total=total)
+        return lambda n: bar.advance(task, n)
+    return new
 
 
 def _set_policies(devices, cfg: SimulationConfig) -> None:
@@ -55,6 +62,8 @@ def _planted_summary(pop, devices, engine, max_events) -> dict | None:
         if d.test_kinds is None:
             continue
         hits = engine.personal_hits(d)
+        if hits is None:  # the engine cannot tell (Flower keeps the personal adapters in its ClientApps)
+            return None
         hits["markov"] = markov_hits(by_user[d.user], max_events)
         hits["best_counting"] = markov_hits(by_user[d.user], max_events, "best_counting")
         for name, per_query in hits.items():
@@ -94,38 +103,13 @@ def _groups(rows: list[dict], per_user_base: dict) -> dict:
     return out
 
 
-def _privacy_report(devices, cfg: SimulationConfig, out_dir: Path, empirical: dict | None = None) -> dict | None:
-    """The population privacy audit report (privacy.report) from every device's own ledger.
+def _privacy_report(engine, devices, cfg: SimulationConfig, out_dir: Path, empirical: dict | None = None) -> dict | None:
+    """The population privacy audit report (privacy.report) from every device's own ledger (the engine knows where)."""
+    from privacy.report import population_report
 
-    Fast engine: the ledger in each device's vault. Flower engine: the per-device ledgers the
-    federation's simulation keeps (none for a non-private run: every device is reported at inf).
-    """
-    import sqlite_utils
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from personal.vault import Vault
-    from privacy.report import DeviceSummary, population_report
-    from simulations.devices import GATE_ACCOUNTANT
-
-    unit, summaries = cfg.epsilon_unit, []
-    flower = out_dir / "flower-ledgers"
-    accountant = "pld" if cfg.engine == "flower" else GATE_ACCOUNTANT
-    for d in devices:
-        if cfg.engine == "flower" and cfg.non_private:
-            summaries.append(DeviceSummary(d.user, math.inf, cfg.delta, cfg.rounds, unit))
-        elif cfg.engine == "flower":
-            db = sqlite_utils.Database(flower / f"{d.user}.db")
-            signer = Ed25519PrivateKey.from_private_bytes((flower / f"{d.user}.key").read_bytes())
-            try:
-                summaries.append(DeviceSummary.from_ledger(db, d.user, d.user, unit, accountant, signer=signer))
-            finally:
-                db.close()
-        else:
-            with Vault.open(d.vault_path, d.passphrase) as vault:
-                summaries.append(DeviceSummary.from_ledger(vault.db, d.user, d.user, unit, accountant,
-                                                           signer=vault.signing_key()))
+    accountant, summaries = engine.ledger_summaries()
     population_report(summaries, out_dir / "privacy_report.html", out_dir / "privacy_report.json",
-                      title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({unit}-level)",
+                      title=f"homebody simulation: {cfg.dataset}, {len(devices)} devices ({cfg.epsilon_unit}-level)",
                       empirical=empirical)
     return {"html": "privacy_report.html", "json": "privacy_report.json", "accountant": accountant}
 
@@ -137,7 +121,7 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     configurations on the same devices and base compute the frozen-layer features only once.
     """
     from simulations import devices as simdev
-    from simulations.engine_fast import FastEngine
+    from simulations.engines import make_engine
     from simulations.plots import write_plots
     from simulations.populations import load_population, select_devices, summary
 
@@ -164,29 +148,16 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
         labels = pop.labels()
         results = new_results(cfg, summary(pop), base_means)
         results["privacy"]["accountant"] = simdev.GATE_ACCOUNTANT
-        if cfg.engine == "flower":
-            from simulations.engine_flower import run_flower
-
-            task = bar.add_task(f"Flower simulation ({cfg.rounds} rounds)", total=None)
-            results = run_flower(cfg, devices, labels, results, out_dir)
-            results["habit_scorer"] = {"kind": "not run: the Flower engine trains the LoRA adapter only (use --engine fast)"}
-            engine = None
-        else:
-            engine = FastEngine(cfg, devices, labels, out_dir / ".feature-cache",
-                                tick=lambda n: bar.advance(task, n), cache=feature_cache)
-            lora_fed = cfg.mode == "federated" and cfg.trains_lora
-            results["privacy"]["noise_multiplier"] = engine.fcfg.noise_multiplier if lora_fed else None
-            results["habit_scorer"] = _habit_scorer(cfg, engine, bar)
-            results["predictor"] = _predictor_summary(cfg, engine)
-            if cfg.mode == "federated":
-                results["privacy"]["budget_split"] = _budget_split(cfg, engine)
+        engine = make_engine(cfg, devices, labels, out_dir, tick=lambda n: bar.advance(task, n), cache=feature_cache)
+        try:
+            engine.prepare(results, _new_line(bar))
             results["timing"] = {"setup_s": time.perf_counter() - t_start}
-            per_round = len(engine.cohort()) if cfg.devices_per_round else len(devices)
-            task = bar.add_task("round 1", total=per_round)
+            task = bar.add_task("round 1", total=engine.devices_per_round)
             rounds = cfg.rounds if cfg.trains_lora else 1  # --predictor habit: one evaluation, nothing trained
 
             def step(r: int) -> RoundResult:
-                bar.reset(task, total=per_round, description=f"round {r}/{rounds}" if cfg.trains_lora else "evaluating")
+                bar.reset(task, total=engine.devices_per_round,
+                          description=f"round {r}/{rounds}" if cfg.trains_lora else "evaluating")
                 return engine.round(r)
 
             try:
@@ -195,17 +166,15 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
                 interrupted = True
             results["devices"] = engine.device_rows()
             write_results(results, out_dir)
-    if engine is not None:
-        results["groups"] = _groups(results["devices"], per_user_base)
-        if not interrupted:
-            results["planted"] = _planted_summary(pop, devices, engine, cfg.max_events)
-        results["timing"].update(_throughput(results, engine))
-        if cfg.audit_canaries:
-            results["canary_audit"] = engine.canary_estimate()
-        engine.close()
+            results["groups"] = _groups(results["devices"], per_user_base)
+            if not interrupted:
+                results["planted"] = _planted_summary(pop, devices, engine, cfg.max_events)
+            engine.finish(results)
+        finally:
+            engine.close()
     if not cfg.non_private:
         results["privacy"].update(_stated_epsilons(cfg, results))
-    results["audit"] = _privacy_report(devices, cfg, out_dir, results.get("canary_audit"))
+    results["audit"] = _privacy_report(engine, devices, cfg, out_dir, results.get("canary_audit"))
     results["plots"] = write_plots(results, out_dir)
     results["wall_s"] = time.perf_counter() - t_start
     if not interrupted:
@@ -214,68 +183,6 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
     if interrupted:  # the partial result, its plots and report are written: now stop like Ctrl-C does
         raise KeyboardInterrupt
     return results
-
-
-def _habit_scorer(cfg: SimulationConfig, engine, bar) -> dict:
-    """Federated: run the habit scorer's DP-FedAvg (a progress line per round); what results.json says about it."""
-    if engine.runs_scorer:
-        task = bar.add_task(f"habit scorer: DP-FedAvg, {cfg.scorer_rounds} rounds", total=cfg.scorer_rounds)
-        return {"kind": "federated", "predictor": cfg.predictor, "combine_weight": cfg.combine_weight,
-                **engine.train_scorer(lambda r: bar.advance(task, 1))}
-    from simulations.habit_sim import OWN_COUNTS
-
-    kind = f"own counts ({OWN_COUNTS.replace('_', ' ')}), no release" if cfg.mode == "local" else "off"
-    return {"kind": kind, "predictor": cfg.predictor, "combine_weight": cfg.combine_weight}
-
-
-def _predictor_summary(cfg: SimulationConfig, engine) -> dict:
-    """What this run trains for its predictor (the ablation: what is not used is not trained)."""
-    from simulations.habit_sim import OWN_COUNTS
-
-    trained = []
-    if engine.runs_scorer:
-        trained.append("habit scorer (DP-FedAvg, user-level)" if not cfg.non_private else "habit scorer (NON-PRIVATE)")
-    if cfg.trains_lora and cfg.mode == "federated":
-        trained += ["LoRA rounds (DP-FedAvg, user-level)" if not cfg.non_private else "LoRA rounds (NON-PRIVATE)",
-                    "personal LoRA fine-tune (on device, not released)"]
-    elif cfg.trains_lora:
-        trained.append("local LoRA adapter (DP-SGD, record-level)" if not cfg.non_private else "local LoRA adapter (NON-PRIVATE)")
-    return {"predictor": cfg.predictor, "trained": trained, "lora_rounds": cfg.rounds if cfg.trains_lora else 0,
-            "own_counts": OWN_COUNTS,
-            "device_rule": ("the shared habit scorer unless the device's own counts did better on the last 20% of its "
-                            "training events" if engine.runs_scorer else "the device's own counts")}
-
-
-def _budget_split(cfg: SimulationConfig, engine) -> dict:
-    """The user-level budget split between the habit scorer and the LoRA rounds, as the accountant states it."""
-    from federation.device import round_mechanism
-    from privacy.accountant import compute_epsilon
-    from simulations.devices import GATE_ACCOUNTANT
-
-    if cfg.non_private:
-        return {"habit_scorer": None, "lora": None, "total": None}
-    prior = list(engine.scorer_plan.prior) if engine.scorer_plan else []
-    k = min(len(engine.devices), cfg.devices_per_round or len(engine.devices))
-    lora = [round_mechanism(engine.fcfg, k / len(engine.devices), cfg.rounds)] if cfg.trains_lora else []
-    part = lambda mechs: compute_epsilon(mechs, cfg.delta, GATE_ACCOUNTANT) if mechs else None  # noqa: E731
-    if prior and lora:
-        note = (f"the habit scorer's noise is calibrated for {cfg.scorer_share:g} x ε, then the LoRA rounds' noise for "
-                "the whole ε with the scorer's release as a prior: every ledger composes both")
-    else:
-        note = ("count features only: the habit scorer gets the whole ε; no LoRA round runs" if prior else
-                "LoRA only: no habit scorer runs; the LoRA rounds get the whole ε" if lora else "nothing is released")
-    return {"habit_scorer": part(prior), "lora": part(lora), "total": part(prior + lora) or 0.0, "note": note}
-
-
-def _throughput(results: dict, engine) -> dict:
-    """Device-rounds per minute over the rounds, and the training share of the time."""
-    rounds_s = sum(r["wall_s"] for r in results["rounds"])
-    device_rounds = sum(r.get("sampled", r.get("devices_evaluated", 0)) for r in results["rounds"])
-    return {"rounds_s": rounds_s, "device_rounds": device_rounds,
-            "device_rounds_per_min": 60 * device_rounds / rounds_s if rounds_s else None,
-            "train_s": engine.train_seconds, "encode_s": engine.encode_seconds,
-            "examples_trained": engine.train_examples_seen,
-            "feature_cache": {"hits": engine.cache.hits, "misses": engine.cache.misses}}
 
 
 def _stated_epsilons(cfg: SimulationConfig, results: dict) -> dict:

@@ -28,9 +28,10 @@ Progress = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class SlimConfig:
     """Which steps to run. ``quantize``: None, "int8" or "int4"; ``calibration``: how many
-    calibration texts the pruning scores use (when texts are given)."""
+    calibration texts the pruning scores use (when texts are given). The default runs no step,
+    like ``homebody slim`` without options (tests/test_defaults.py)."""
 
-    quantize: str | None = INT8
+    quantize: str | None = None
     group_size: int = 32
     prune: PruneConfig = field(default_factory=PruneConfig)
     distil: DistilConfig | None = None

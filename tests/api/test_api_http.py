@@ -108,7 +108,7 @@ def test_personalize_beyond_the_budget_is_409_naming_what_remains(live_api):
 def test_api_round_trip_with_jobs_suggestions_stream_and_erasure(live_api):
     url, token, assistant = live_api
     with _client(url, token) as c:
-        assert c.get("/suggestions").status_code == 409  # no adapter yet: a clear conflict, not a crash
+        assert c.get("/suggestions", params={"predictor": "lora"}).status_code == 409  # no adapter yet: a clear conflict
         r = c.post("/personalize", json={"noise_multiplier": 1.0, "epochs": 1, "batch_size": 8})
         assert r.status_code == 202, r.text
         job = r.json()
@@ -119,7 +119,7 @@ def test_api_round_trip_with_jobs_suggestions_stream_and_erasure(live_api):
         assert done["state"] == "done" and done["progress"] == 1.0 and done["result"]["epsilon"] > 0
         assert c.get("/jobs/nope").status_code == 404
 
-        sug = c.get("/suggestions", params={"k": 2, "at": "2026-01-20T08:00"}).json()
+        sug = c.get("/suggestions", params={"k": 2, "at": "2026-01-20T08:00", "predictor": "lora"}).json()
         assert len(sug["items"]) == 2 and sug["privacy"].startswith("DP adapter")
 
         with c.stream("POST", "/chat/completions", json={"model": "any", "stream": True,

@@ -27,7 +27,7 @@ def test_sdk_round_trip(vault_path):
         assert [s for _, s in seen if s][-1] == job.total  # a callback per step, the last one at the end
         assert 0.5 < result["epsilon"] < 8 and not result["non_private"]
 
-        sug = a.suggest(k=2)
+        sug = a.suggest(k=2, predictor="lora")
         assert len(sug.items) == 2 and {e for e, _ in sug.items} <= {"Coffee Shop", "Office", "Park", "Subway"}
         assert "DP adapter" in sug.privacy
 

@@ -91,14 +91,15 @@ def test_sdk_and_api_refuse_the_swapped_adapter(swapped):
 
     token, _ = ensure_token(swapped)
     with Assistant.open(swapped, PASS, PROFILE, "tiny-causal", max_new_tokens=2) as a:
-        with pytest.raises(ArtefactMismatch):
-            a.suggest()
+        for predictor in ("lora", "combined"):  # combined never falls back from a refused adapter
+            with pytest.raises(ArtefactMismatch):
+                a.suggest(predictor=predictor)
         with pytest.raises(ArtefactMismatch):
             a.chat([{"role": "user", "content": "hi"}])
         server, url = start_in_thread(a, token)
         try:
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
-                r = c.get("/suggestions")
+                r = c.get("/suggestions", params={"predictor": "lora"})
                 assert r.status_code == 409 and r.json()["error"]["type"] == "ArtefactMismatch", r.text
                 r = c.post("/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
                 assert r.status_code == 409 and r.json()["error"]["type"] == "ArtefactMismatch", r.text

@@ -36,7 +36,7 @@ def test_cli_refuses_on_spent_budget_and_without_adapter(tmp_path: Path, monkeyp
     assert code == 1 and len(lines) == 1, err
     assert "budget exhausted" in lines[0] and "0.2 remains" in lines[0]
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
-    code, _, err = _homebody(monkeypatch, capsys, "suggest", "--profile", "ana", "--model", "tiny",
+    code, _, err = _homebody(monkeypatch, capsys, "suggest", "--profile", "ana", "--model", "tiny", "--predictor", "lora",
                              "--at", "2026-01-21T06:55", "--vault", str(path))
     assert code == 1 and "no adapter for tiny" in err and "homebody personalize" in err
     code, _, err = _homebody(monkeypatch, capsys, "personalize", "--profile", "ana", "--non-private", "--epsilon", "1",

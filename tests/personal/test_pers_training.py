@@ -101,5 +101,34 @@ def test_bad_settings_are_typed_errors(tiny, data) -> None:
         train_adapter(tiny, examples, labels, TrainConfig(lora=LORA), DPConfig(epsilon=1.0, noise_multiplier=1.0))
     with pytest.raises(TrainingError, match="empty label space"):
         train_adapter(tiny, examples, [], TrainConfig(lora=LORA), DPConfig.non_private())
-    with pytest.raises(TrainingError, match="already wrapped"):
-        wrap(tiny, LoraSettings(r=4))
+
+
+def test_a_loaded_base_rewraps_for_other_lora_settings(data) -> None:
+    """One loaded base serves adapters of different LoRA settings in turn (issue 18: it refused the
+    second setting, so a server that loaded a CLI-trained adapter answered 409 to the SDK's):
+    the old LoRA layers go, the new ones come in, and going back reproduces the first adapter's answers."""
+    import warnings
+
+    base = load_base("tiny")
+    plain = sum(1 for _ in base.model.named_parameters())
+    examples, labels = data
+    first = train_adapter(base, examples, labels, TrainConfig(lora=LORA, epochs=1, batch_size=16),
+                          DPConfig.non_private()).adapter
+    texts = [e.text for e in examples[:5]]
+    pm = wrap(base, LORA)
+    pm.load_adapter(first)
+    before = pm.predict_proba(texts)
+    other = LoraSettings(r=4, alpha=8, layers=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "multiple adapters" warning from peft: the old injection is gone
+        pm2 = wrap(base, other)
+    assert pm2 is not pm and pm2.lora == other and wrap(base, other) is pm2
+    assert all(".lora_" in n for n in pm2.lora_params) and len(pm2.lora_params) == 4 * base.num_layers
+    assert sum(1 for _ in base.model.named_parameters()) == plain + len(pm2.lora_params)
+    second = train_adapter(base, examples, labels, TrainConfig(lora=other, epochs=1, batch_size=16),
+                           DPConfig.non_private()).adapter
+    assert second.lora == other
+    back = wrap(base, LORA)
+    back.load_adapter(first)
+    np.testing.assert_allclose(back.predict_proba(texts), before, rtol=1e-5, atol=1e-6)
+    assert sum(1 for _ in base.model.named_parameters()) == plain + len(back.lora_params)

@@ -163,3 +163,26 @@ def test_acceptance3_training_request_over_the_cap_is_refused_before_any_work(tm
     assert out.returncode == 1, out.stdout + out.stderr
     assert "privacy budget exhausted" in out.stderr and "0.5 remains" in out.stderr
     assert snapshot(path) == before
+
+
+def test_status_reports_each_unit_from_the_ledger(gate: ReleaseGate, tmp_path: Path):
+    """`gate.status(profile)`: the one budget table (the CLI's `privacy budget` and the SDK's `budget()` read it)."""
+    from privacy.budget import BudgetStatus
+
+    gate.set_policy("alice", "record", BudgetPolicy(4.0, 1e-6, window_days=7.0, window_cap=3.0))
+    gate.commit("alice", "record", SMALL, sha("a"), details=CSPRNG)
+    gate.commit("alice", "record", SMALL, sha("b"), details=CSPRNG)
+    gate.commit_non_private("alice", "user", sha("c"))
+    record, user = gate.status("alice")
+    assert isinstance(record, BudgetStatus) and (record.unit, user.unit) == ("record", "user")
+    spent = compute_epsilon([SMALL, SMALL], 1e-6)  # at the policy's delta, not the default's
+    assert record.spent == pytest.approx(spent, rel=1e-9) == pytest.approx(gate.spent("alice", "record"), rel=1e-9)
+    assert (record.cap, record.delta, record.releases) == (4.0, 1e-6, 2)
+    assert record.remaining == pytest.approx(4.0 - spent) and not record.unbounded
+    assert (record.window_days, record.window_cap) == (7.0, 3.0)
+    assert user.unbounded and user.remaining == 0.0 and user.releases == 1
+    assert (user.cap, user.delta, user.window_days) == (DEFAULT_POLICY.epsilon_cap, DEFAULT_POLICY.delta, None)
+    nobody = gate.status("bob")  # no record: the default policy, nothing spent
+    assert [(s.spent, s.remaining, s.releases) for s in nobody] == [(0.0, DEFAULT_POLICY.epsilon_cap, 0)] * 2
+    with pytest.raises(BudgetError):
+        gate.status("")

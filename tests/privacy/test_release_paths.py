@@ -30,7 +30,7 @@ LIBRARY = ("personal", "privacy", "federation", "simulations", "examples")
 # Functions that train with DP (a release) and route it through the ReleaseGate themselves.
 GATED_DP_TRAINERS = {
     "personal/personalize.py:personalize": "check -> train -> commit; the CLI, the SDK and the API all call it",
-    "simulations/engine_fast.py:_local_train": "simulation's local mode: gate.check, train, gate.commit (seeded, opted in)",
+    "simulations/shards.py:_local_train": "simulation's local mode: gate.check, train, gate.commit (seeded, opted in)",
 }
 # DP training that is an experiment, not a release: synthetic data, the model is scored and thrown away.
 DP_EXPERIMENTS = {
@@ -43,14 +43,14 @@ ALLOWED = {
         "federation/device.py:train_round": "plain local training; the release is the clipped, noised update, "
                                             "checked and committed through the device's gate in the same function",
         "federation/device.py:evaluate_device": "plain fine-tune for on-device evaluation; never leaves the device",
-        "simulations/engine_fast.py:_local_train": "simulation's non-private comparison run, committed right "
+        "simulations/shards.py:_local_train": "simulation's non-private comparison run, committed right "
                                                     "after with commit_non_private (epsilon = inf)",
-        "simulations/engine_fast.py:personal_hits": "simulation: the planted-routine check's on-device fine-tune",
+        "simulations/shards.py:personal_hits": "simulation: the planted-routine check's on-device fine-tune",
     },
     "train_round": {
         "federation/clientapp.py:train": "the ClientApp's train: the device's own vault gate (VaultSource)",
         "federation/secagg.py:fit": "the SecAgg+ ClientApp's fit: the same device round and gate",
-        "simulations/engine_fast.py:_federated_round": "simulation: each device's vault gate (or non-private, "
+        "simulations/shards.py:train": "simulation: each device's vault gate (or non-private, "
                                                        "then committed with commit_non_private right after)",
     },
     "build_update": {
@@ -80,8 +80,8 @@ ALLOWED = {
         "federation/device.py:train_round": "the device round",
         "federation/device.py:settle_run": "charges the rounds a device sat out at the end of a run",
         "federation/habit_round.py:train_scorer_round": "the habit scorer's device round (user level)",
-        "simulations/engine_fast.py:_federated_round": "simulation: non-private comparison runs (epsilon = inf)",
-        "simulations/engine_fast.py:_local_train": "simulation's local mode",
+        "simulations/shards.py:train": "simulation: non-private comparison runs (epsilon = inf)",
+        "simulations/shards.py:_local_train": "simulation's local mode",
     },
 }
 # References to seeded generators on the real device's floors, and why each is not DP noise or sampling.
