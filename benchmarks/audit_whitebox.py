@@ -103,7 +103,7 @@ def _simulate(tmp: str, eps: float, seed: int, canaries: int, half_noise: bool =
     from simulations.runner import SimulationConfig, run_simulation
 
     cfg = SimulationConfig(dataset="synthetic", synthetic_devices=10, devices=10, rounds=5, model="tiny",
-                           epsilon=eps, seed=seed, audit_canaries=canaries, out=f"{tmp}/e{eps:g}-s{seed}-k{canaries}-h{int(half_noise)}")
+                           epsilon=eps, seed=seed, audit_canaries=canaries, predictor="lora", out=f"{tmp}/e{eps:g}-s{seed}-k{canaries}-h{int(half_noise)}")
     original = engine_fast.calibrated_noise
     if half_noise:  # BENCHMARK-ONLY planted bug: the noise is half what the claimed epsilon needs
         engine_fast.calibrated_noise = lambda *a: original(*a) * 0.5

@@ -45,7 +45,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict:
     cfg = SimulationConfig(dataset="foursquare-nyc", devices=args.devices, sample=True, cold_start_devices=args.cold_start,
                            rounds=args.rounds, epsilon=args.epsilon, model=args.model, engine="fast", out=str(out),
                            seed=args.seed, devices_per_round=args.devices_per_round, max_events=args.max_events,
-                           local_epochs=args.local_epochs, personal_epochs=args.personal_epochs, **ARMS[arm])
+                           local_epochs=args.local_epochs, personal_epochs=args.personal_epochs, predictor="combined", **ARMS[arm])
     return run_simulation(cfg, show_progress=True)
 
 

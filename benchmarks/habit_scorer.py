@@ -96,6 +96,30 @@ def summarise(per_user: dict[str, dict[str, float]], owners: list[Owner]) -> dic
     return out
 
 
+def score_rules(weights, owners: list[Owner], vocab) -> dict[str, dict]:
+    """Each candidate on-device rule, macro top-1/top-5 overall and per group; chosen on --validation only.
+
+    "scorer_or_<own>": the scorer unless own counts did better on the last 20% of the training events
+    (simulations.habit_sim.owner_log_probs; own = the counts compared with and fallen back to);
+    "always_scorer"; and each "...+few": a device with at most FEW_EVENTS training events uses its
+    best counting outright (too few events to compare on).
+    """
+    from simulations.habit_sim import FEW_EVENTS, owner_log_probs, predictor_hits
+
+    rules = {"always_scorer": score_scorer(weights, owners)}
+    for own in ("mix", "best_counting", "best_choice"):
+        per_user = {}
+        for o in owners:
+            lp = owner_log_probs(o.train, o.queries, vocab, weights, own, few=0)
+            hits = predictor_hits(lp, None, vocab, [q.target.event for q in o.queries], 0.0)["habit"]
+            per_user[o.user] = {f"top{k}": float(np.mean(h)) for k, h in hits.items()}
+        rules[f"scorer_or_{own}"] = per_user
+    for name in list(rules):
+        rules[f"{name}+few"] = {o.user: o.baselines["best_counting"] if len(o.train) <= FEW_EVENTS else rules[name][o.user]
+                                for o in owners}
+    return {name: summarise(per_user, owners) for name, per_user in rules.items()}
+
+
 def planted_breakdown(weights, owners: list[Owner]) -> dict | None:
     """Synthetic only: top-1 of the scorer and of best counting on held-out events each planted kind produced."""
     from personal.habits import rankings
@@ -161,6 +185,10 @@ def run_config(owners: list[Owner], vocab, epsilon: float | None, args, folder: 
     guarantee = compute_epsilon([SubsampledGaussian(sigma, k / n, args.rounds)], args.delta, "rdp") if sigma > 0 else float("inf")
     row = summarise(score_scorer(weights, owners), owners)
     row["planted"] = planted_breakdown(weights, owners)
+    row["rules"] = score_rules(weights, owners, vocab)
+    for name, r in row["rules"].items():
+        print(f"  eps={epsilon} rule {name}: top-1 {r['top1']:.4f} top-5 {r['top5']:.4f} "
+              + " ".join(f"{k} {v:.4f}" for k, v in r.items() if k.endswith("_top1")), flush=True)
     eps_values = list(spent.values())
     row.update({"epsilon_target": epsilon, "noise_multiplier": sigma, "sample_rate": k / n, "guarantee": guarantee,
                 "ledger_epsilon_max": max(eps_values) if eps_values else None,

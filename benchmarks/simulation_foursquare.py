@@ -53,7 +53,7 @@ def run_configs(args: argparse.Namespace, out: Path) -> None:
 
     cache = FeatureCache(out / f".feature-cache-{os.getpid()}", mem_bytes=1 << 30)
     common = dict(dataset="foursquare-nyc", devices=args.devices, max_events=args.max_events, model="minilm-l6",
-                  threads=args.threads, personal_epochs=args.personal_epochs)
+                  threads=args.threads, personal_epochs=args.personal_epochs, predictor="combined")
     try:
         for mode in args.modes:
             for eps in [*args.epsilons, None]:

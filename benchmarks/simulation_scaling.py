@@ -40,7 +40,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         kw = dict(dataset="foursquare-nyc", devices=n, rounds=args.rounds, devices_per_round=args.devices_per_round,
-                  max_events=args.max_events, model="minilm-l6", epsilon=8.0, threads=args.threads,
+                  max_events=args.max_events, model="minilm-l6", epsilon=8.0, threads=args.threads, predictor="combined",
                   out=f"{args.out}/n{n}")
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kw)], capture_output=True, text=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 def configs(args) -> list[tuple[str, dict]]:
     """The compared runs: federated + local personalization (DP user-level), local-only DP and non-private."""
     common = dict(dataset="synthetic", synthetic_devices=args.devices, devices=args.devices, max_events=args.max_events,
-                  model=args.model, seed=args.seed, threads=args.threads)
+                  model=args.model, seed=args.seed, threads=args.threads, predictor="combined")
     return [
         (f"federated + local, user-level ε={args.epsilon:g}", dict(common, mode="federated", rounds=args.rounds,
                                                                   epsilon=args.epsilon, personal_epochs=3)),

@@ -80,7 +80,8 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-throughput")
     args = p.parse_args()
     common = dict(dataset="foursquare-nyc", devices=args.devices, sample=True, rounds=args.rounds, max_events=args.max_events,
-                  epsilon=args.epsilon, model="minilm-l6", seed=args.seed, threads=args.threads)
+                  epsilon=args.epsilon, model="minilm-l6", seed=args.seed, threads=args.threads,
+                  predictor="lora", habit_scorer=False)  # the engines' LoRA rounds: what both engines run
     out = {}
     peaks = [matmul_flops(args.threads)]
     for engine in ("fast", "flower"):

@@ -144,17 +144,28 @@ COUNTING = {"most_frequent": MostFrequent, "markov": Markov, "hour": HourFrequen
 TIE_ORDER = ("mix", "most_frequent", "markov", "slot", "hour")  # fixed a priori: the smoothest first
 
 
-def choose_counting(train: Sequence["Event"], val_frac: float = 0.2) -> str:
-    """The counting predictor that wins on the last `val_frac` of the TRAINING events (fit on the rest)."""
+def counting_scores(train: Sequence["Event"], val_frac: float = 0.2) -> dict[str, tuple[float, float]]:
+    """(top-1, top-5) of each counting predictor on the last `val_frac` of the TRAINING events, fit on the rest.
+
+    Empty when the owner has too few events to split.
+    """
     fit, val = chronological_split(train, val_frac)
     if not fit or not val:
-        return TIE_ORDER[0]
+        return {}
     truths = [q.target.event for q in val]
-    score = {}
+    out = {}
     for name in TIE_ORDER:
         s = topk([COUNTING[name](fit).rank(q) for q in val], truths)
-        score[name] = (s["top1"], s["top5"], -TIE_ORDER.index(name))
-    return max(score, key=score.get)
+        out[name] = (s["top1"], s["top5"])
+    return out
+
+
+def choose_counting(train: Sequence["Event"], val_frac: float = 0.2) -> str:
+    """The counting predictor that wins on the last `val_frac` of the TRAINING events (fit on the rest)."""
+    scores = counting_scores(train, val_frac)
+    if not scores:
+        return TIE_ORDER[0]
+    return max(scores, key=lambda name: (*scores[name], -TIE_ORDER.index(name)))
 
 
 class BestCounting:

@@ -35,9 +35,9 @@ def simulate(
     audit_canaries: int = typer.Option(0, "--audit-canaries", help="Add K canary clients (federated, fast engine): an empirical user-level epsilon estimate next to the claim. They change the global adapter: an audit run."),
     habit_scorer: bool = typer.Option(True, "--habit-scorer/--no-habit-scorer", help="Federated: learn the habit scorer's shared weights with user-level DP-FedAvg (a share of ε)."),
     scorer_share: float = typer.Option(0.5, "--scorer-share", help="Share of the user-level ε the habit scorer spends (the LoRA rounds get the rest)."),
-    scorer_rounds: int = typer.Option(30, "--scorer-rounds", help="DP-FedAvg rounds of the habit scorer."),
+    scorer_rounds: int = typer.Option(60, "--scorer-rounds", help="DP-FedAvg rounds of the habit scorer (60: chosen on the foursquare validation split)."),
     scorer_cohort: int = typer.Option(100, "--scorer-cohort", help="Devices per habit-scorer round."),
-    predictor: str = typer.Option("combined", "--predictor", help="What 'personalized' reports: combined (habit scores + LoRA) | habit | lora."),
+    predictor: str = typer.Option("habit", "--predictor", help="What is trained and reported: habit (default: count features + DP habit scorer, whole ε; no LoRA) | lora (LoRA only, whole ε) | combined (both, ε split)."),
     combine_weight: float = typer.Option(1.0, "--combine-weight", help="Weight of the LoRA log-probability in the combined score (fixed, not tuned)."),
 ) -> None:
     """Simulate a population of devices personalizing with DP-LoRA; writes results.json and plots."""
@@ -89,8 +89,12 @@ def print_summary(results: dict, out: Path) -> None:
     console.print(table)
     split = priv.get("budget_split") or {}
     if split.get("total") is not None:
-        console.print(f"budget split (user-level, {priv.get('accountant')}): habit scorer ε {split['habit_scorer']:.2f}, "
-                      f"LoRA rounds ε {split['lora']:.2f}, composed ε {split['total']:.2f}")
+        parts = [f"{name} ε {split[key]:.2f}" for key, name in (("habit_scorer", "habit scorer"), ("lora", "LoRA rounds"))
+                 if split.get(key) is not None]
+        console.print(f"budget split (user-level, {priv.get('accountant')}): " + ", ".join(parts + [f"composed ε {split['total']:.2f}"]))
+    trained = (results.get("predictor") or {}).get("trained")
+    if trained is not None:
+        console.print("trained: " + ("; ".join(trained) or "nothing (own counts only)"))
     if priv["private"]:
         console.print(f"privacy: {priv['unit']}-level ε spent max {final['epsilon_max']:.2f} / median "
                       f"{final['epsilon_median']:.2f} at δ={priv['delta']:g} ({priv.get('accountant')} accountant)"
@@ -113,7 +117,9 @@ def predictor_rows(results: dict) -> list[tuple[str, str]]:
     if kind == "federated":
         habit = "habit scorer (NON-PRIVATE DP-FedAvg)" if cfg.get("non_private") else "habit scorer (DP-FedAvg, user-level)"
     else:
-        habit = "own counts (smoothed mix, on device)"
+        from simulations.habit_sim import OWN_COUNTS
+
+        habit = f"own counts ({OWN_COUNTS.replace('_', ' ')}, on device)"
     lora = "LoRA personal model" + (" (local DP-SGD)" if cfg.get("mode") == "local" else "")
     return [("habit", habit), ("lora", lora), ("combined", f"combined (habit + {cfg.get('combine_weight', 1.0):g} x LoRA log-prob)")]
 

@@ -41,6 +41,7 @@ def sweep(
     seed: int = typer.Option(0, "--seed", help="Seed for device selection, simulated noise and the synthetic generator."),
     threads: int = typer.Option(1, "--threads", help="torch threads."),
     out: Path = typer.Option(Path("sweep-out"), "--out", help="Results folder (one sub-folder per configuration)."),
+    predictor: str = typer.Option("habit", "--predictor", help="habit (default: no LoRA) | lora | combined: what every run trains."),
 ) -> None:
     """Run every mode × ε (resuming finished ones) and write table.md, table.json and an accuracy-vs-ε plot."""
     from simulations.runner import SimulationConfig
@@ -49,7 +50,7 @@ def sweep(
     data_dir = getattr(getattr(ctx, "obj", None), "data_dir", None)
     base = SimulationConfig(dataset=dataset, devices=devices, cold_start_devices=cold_start, rounds=rounds,
                             devices_per_round=devices_per_round, evaluate_all=evaluate_all, delta=delta,
-                            model=model, seed=seed, max_events=max_events, threads=threads,
+                            model=model, seed=seed, max_events=max_events, threads=threads, predictor=predictor,
                             data_dir=str(data_dir) if data_dir else None)
     cfg = SweepConfig(epsilons=parse_epsilons(epsilons, list(ctx.args)),
                       modes=tuple(m.strip() for m in modes.split(",") if m.strip()),

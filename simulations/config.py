@@ -75,12 +75,15 @@ class SimulationConfig:
     # prior). Local: each device's own counts, no release.
     habit_scorer: bool = True
     scorer_share: float = 0.5
-    scorer_rounds: int = 30
+    scorer_rounds: int = 60
     scorer_cohort: int = 100
     scorer_clip: float = 0.5
-    # The suggestion `top1`/`top5` report: "combined" (habit scores + combine_weight x the LoRA
-    # model's log-probability), "habit" or "lora". combine_weight is fixed a priori, never tuned on held-out events.
-    predictor: str = "combined"
+    # The suggestion `top1`/`top5` report, and what is trained (simulations.habit_sim): "habit" (count
+    # features only: the scorer gets the whole user-level epsilon, no LoRA round or fine-tune runs),
+    # "lora" (no scorer: the LoRA rounds get the whole epsilon) or "combined" (habit scores +
+    # combine_weight x the LoRA log-probability; the budget split by scorer_share).
+    # combine_weight is fixed a priori, never tuned on held-out events.
+    predictor: str = "habit"  # the best on foursquare-nyc (docs/BENCHMARKS.md, the ablation)
     combine_weight: float = 1.0
 
     def validate(self) -> None:
@@ -93,6 +96,8 @@ class SimulationConfig:
             raise BadSimulationConfig("--engine flower runs federated rounds only; use --engine fast for --mode local")
         if self.engine == "flower" and self.evaluate_all:
             raise BadSimulationConfig("--evaluate-all needs --engine fast (Flower's ServerApp evaluates the sampled cohort)")
+        if self.engine == "flower" and self.predictor != "lora":
+            raise BadSimulationConfig("--engine flower trains the LoRA adapter only: use --predictor lora (or --engine fast)")
         if self.federation_mode not in ("secagg", "device", "central"):
             raise BadSimulationConfig(f"--federation-mode must be secagg, device or central (got {self.federation_mode!r})")
         if self.rounds < 1:
@@ -125,8 +130,19 @@ class SimulationConfig:
         if self.threads < 1:
             raise BadSimulationConfig(f"--threads must be at least 1 (got {self.threads})")
         if self.audit_canaries and (self.audit_canaries < 2 or self.mode != "federated" or self.engine != "fast"
-                                    or self.non_private):
-            raise BadSimulationConfig("--audit-canaries needs K >= 2 and a private federated run on the fast engine")
+                                    or self.non_private or not self.trains_lora):
+            raise BadSimulationConfig("--audit-canaries needs K >= 2 and a private federated run on the fast engine "
+                                      "with LoRA rounds (--predictor lora or combined)")
+
+    @property
+    def trains_lora(self) -> bool:
+        """Whether LoRA rounds (federated) / local DP-SGD (local) run: not for --predictor habit."""
+        return self.predictor != "habit"
+
+    @property
+    def scorer_epsilon_share(self) -> float:
+        """The share of the user-level epsilon the habit scorer spends: all of it without LoRA rounds."""
+        return 1.0 if not self.trains_lora else self.scorer_share
 
     @property
     def epsilon_unit(self) -> str:

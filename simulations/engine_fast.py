@@ -97,8 +97,8 @@ class FastEngine:
         # Federated: the habit scorer's DP-FedAvg run takes its share of the user-level budget first.
         self.scorer_plan = scorer_plan(cfg, len(self.devices), self.run_id) if self.runs_scorer else None
         self.scorer_weights: dict | None = None
-        self.fcfg = federation_config(cfg, len(self.devices), len(self.labels),
-                                      self.scorer_plan.prior if self.scorer_plan else ())
+        prior = self.scorer_plan.prior if self.scorer_plan and cfg.trains_lora else ()
+        self.fcfg = federation_config(cfg, len(self.devices), len(self.labels), prior)
         # Workers start loading their base now, while this process sets up (and learns the habit scorer).
         # A caller running several configurations on the same devices may share one cache (one worker).
         self.pool = ShardPool(ShardSetup(cfg, self.fcfg, self.labels, str(cache_dir), self.run_id), cfg.workers,
@@ -116,8 +116,8 @@ class FastEngine:
 
     @property
     def runs_scorer(self) -> bool:
-        """Federated runs learn the habit scorer's shared weights (unless --no-habit-scorer)."""
-        return self.cfg.mode == "federated" and self.cfg.habit_scorer
+        """Federated runs learn the habit scorer's shared weights (unless --no-habit-scorer or --predictor lora)."""
+        return self.cfg.mode == "federated" and self.cfg.habit_scorer and self.cfg.predictor != "lora"
 
     @property
     def devices_per_round(self) -> int:
@@ -127,11 +127,13 @@ class FastEngine:
     # -- setup ----------------------------------------------------------------------------
     def prepare(self, results: dict, progress: Callable[[str, int], Callable[[int], None]]) -> None:
         """Before the rounds: the noise, the habit scorer's run (federated) and the budget split in `results`."""
-        from simulations.fast_report import budget_split, habit_scorer_summary
+        from simulations.fast_report import budget_split, habit_scorer_summary, predictor_summary
 
-        results["privacy"]["noise_multiplier"] = self.fcfg.noise_multiplier if self.cfg.mode == "federated" else None
+        lora_fed = self.cfg.mode == "federated" and self.cfg.trains_lora
+        results["privacy"]["noise_multiplier"] = self.fcfg.noise_multiplier if lora_fed else None
         results["habit_scorer"] = habit_scorer_summary(self, progress)
-        if self.scorer_plan is not None:
+        results["predictor"] = predictor_summary(self)
+        if self.cfg.mode == "federated":
             results["privacy"]["budget_split"] = budget_split(self)
 
     def train_scorer(self, on_round: Callable[[int], None] | None = None) -> dict:
@@ -184,7 +186,9 @@ class FastEngine:
     def round(self, r: int) -> RoundResult:
         """One round in the configured mode."""
         t0 = time.perf_counter()
-        if self.cfg.mode == "federated":
+        if not self.cfg.trains_lora:
+            metrics = self._habit_round(r)
+        elif self.cfg.mode == "federated":
             metrics = self._federated_round(r)
         else:
             metrics = self._local_round(r)
@@ -259,6 +263,14 @@ class FastEngine:
             self.state[o.user].last_eval = o.metrics
         return [o.metrics for o in outcomes]
 
+    def _habit_round(self, r: int) -> RoundResult:
+        """--predictor habit: nothing more is trained; every device scores its held-out events with counts (+ scorer)."""
+        self.pool.place([[d] for d in self.devices])
+        for o in self.pool.run("habits", [d.user for d in self.devices], tick=self.tick):
+            self.state[o.user].last_eval = o.metrics
+        evals = [st.last_eval for st in self.state.values() if "top1" in st.last_eval]
+        return self._round_result(r, evals, [], {"devices_evaluated": len(evals)})
+
     # -- local only -----------------------------------------------------------------------
     def _local_round(self, r: int) -> RoundResult:
         """Each device trains its own adapter further (DP-SGD, record level) and scores it."""
@@ -284,7 +296,7 @@ class FastEngine:
                     extra[f"{name}_top{k}"] = _mean(values)
         return RoundResult(
             round=r, top1=_mean([e["top1"] for e in evals]), top5=_mean([e["top5"] for e in evals]),
-            global_top1=_mean([e["global-top1"] for e in evals]) if self.cfg.mode == "federated" else None,
+            global_top1=_mean([e["global-top1"] for e in evals]) if self.cfg.mode == "federated" and self.cfg.trains_lora else None,
             epsilon_max=e_max, epsilon_median=e_med,
             bytes_up_per_device=float(statistics.mean(nbytes)) if nbytes else 0.0, wall_s=0.0, extra=extra,
         )

@@ -19,12 +19,32 @@ def habit_scorer_summary(engine, progress: Callable[[str, int], Callable[[int], 
         advance = progress(f"habit scorer: DP-FedAvg, {cfg.scorer_rounds} rounds", cfg.scorer_rounds)
         return {"kind": "federated", "predictor": cfg.predictor, "combine_weight": cfg.combine_weight,
                 **engine.train_scorer(lambda r: advance(1))}
-    kind = "own counts (smoothed mix), no release" if cfg.mode == "local" else "off"
+    from simulations.habit_sim import OWN_COUNTS
+
+    kind = f"own counts ({OWN_COUNTS.replace('_', ' ')}), no release" if cfg.mode == "local" else "off"
     return {"kind": kind, "predictor": cfg.predictor, "combine_weight": cfg.combine_weight}
 
 
+def predictor_summary(engine) -> dict:
+    """What this run trains for its predictor (the ablation: what is not used is not trained)."""
+    from simulations.habit_sim import OWN_COUNTS
+
+    cfg, trained = engine.cfg, []
+    if engine.runs_scorer:
+        trained.append("habit scorer (DP-FedAvg, user-level)" if not cfg.non_private else "habit scorer (NON-PRIVATE)")
+    if cfg.trains_lora and cfg.mode == "federated":
+        trained += ["LoRA rounds (DP-FedAvg, user-level)" if not cfg.non_private else "LoRA rounds (NON-PRIVATE)",
+                    "personal LoRA fine-tune (on device, not released)"]
+    elif cfg.trains_lora:
+        trained.append("local LoRA adapter (DP-SGD, record-level)" if not cfg.non_private else "local LoRA adapter (NON-PRIVATE)")
+    return {"predictor": cfg.predictor, "trained": trained, "lora_rounds": cfg.rounds if cfg.trains_lora else 0,
+            "own_counts": OWN_COUNTS,
+            "device_rule": ("the shared habit scorer unless the device's own counts did better on the last 20% of its "
+                            "training events" if engine.runs_scorer else "the device's own counts")}
+
+
 def budget_split(engine) -> dict:
-    """The user-level budget split between the habit scorer and the LoRA rounds, as the accountant states it."""
+    """The user-level budget of each part (habit scorer, LoRA rounds) and their composition, as the accountant states it."""
     from federation.device import round_mechanism
     from privacy.accountant import compute_epsilon
     from simulations.devices import GATE_ACCOUNTANT
@@ -32,13 +52,16 @@ def budget_split(engine) -> dict:
     cfg = engine.cfg
     if cfg.non_private:
         return {"habit_scorer": None, "lora": None, "total": None}
-    prior = list(engine.scorer_plan.prior)
-    lora = round_mechanism(engine.fcfg, engine.devices_per_round / len(engine.devices), cfg.rounds)
-    return {"habit_scorer": compute_epsilon(prior, cfg.delta, GATE_ACCOUNTANT),
-            "lora": compute_epsilon([lora], cfg.delta, GATE_ACCOUNTANT),
-            "total": compute_epsilon(prior + [lora], cfg.delta, GATE_ACCOUNTANT),
-            "note": (f"the habit scorer's noise is calibrated for {cfg.scorer_share:g} x ε, then the LoRA rounds' noise "
-                     "for the whole ε with the scorer's release as a prior: every ledger composes both")}
+    prior = list(engine.scorer_plan.prior) if engine.scorer_plan else []
+    lora = [round_mechanism(engine.fcfg, engine.devices_per_round / len(engine.devices), cfg.rounds)] if cfg.trains_lora else []
+    part = lambda mechs: compute_epsilon(mechs, cfg.delta, GATE_ACCOUNTANT) if mechs else None  # noqa: E731
+    if prior and lora:
+        note = (f"the habit scorer's noise is calibrated for {cfg.scorer_share:g} x ε, then the LoRA rounds' noise for "
+                "the whole ε with the scorer's release as a prior: every ledger composes both")
+    else:
+        note = ("count features only: the habit scorer gets the whole ε; no LoRA round runs" if prior else
+                "LoRA only: no habit scorer runs; the LoRA rounds get the whole ε" if lora else "nothing is released")
+    return {"habit_scorer": part(prior), "lora": part(lora), "total": part(prior + lora) or 0.0, "note": note}
 
 
 def throughput(results: dict, engine) -> dict:

@@ -1,17 +1,20 @@
 """The habit scorer inside `homebody simulate` (fast engine): its DP-FedAvg run, its share of the
 budget, and how its scores combine with the LoRA model's.
 
-Federated mode: before the LoRA rounds, the population learns the habit scorer's shared weights
-(personal.habits, a handful of feature weights and a bias per shared event) with
-`federation.habit_round.run_scorer_federation`: user-level DP-FedAvg, every release checked and
-committed by the device's own vault gate. The run's user-level epsilon is SPLIT: the scorer's noise
-is calibrated for `scorer_share * epsilon` over its rounds (`ScorerPlan`), then the LoRA rounds'
-noise is calibrated for the whole epsilon with the scorer's release as a prior
-(`privacy.accountant.noise_for_epsilon(prior=...)`), so the composition of both on every
-device's ledger is at most the run's epsilon.
+The three predictors (`--predictor`, a true ablation: what is not used is not trained):
+- "habit": count features only. Federated: the scorer's shared weights learnt with user-level
+  DP-FedAvg for the WHOLE user-level epsilon; no LoRA round and no personal fine-tune run.
+  Local: each device's own counts, nothing trained, nothing released.
+- "lora": the LoRA model only. No scorer run; the LoRA rounds get the whole epsilon.
+- "combined": both. The run's user-level epsilon is SPLIT: the scorer's noise is calibrated for
+  `scorer_share * epsilon` over its rounds (`ScorerPlan`), then the LoRA rounds' noise for the
+  whole epsilon with the scorer's release as a prior (`privacy.accountant.noise_for_epsilon(prior=...)`),
+  so the composition of both on every device's ledger is at most the run's epsilon.
+Every scorer release is checked and committed by the device's own vault gate
+(`federation.habit_round.run_scorer_federation`).
 
-Local mode: no release; each device scores candidates with its own counts (the smoothed mix of
-personal.evaluate, what `suggest_from_habits` does without shared weights).
+A device with shared weights uses the scorer unless its own counts (`OWN_COUNTS`) did better on the
+last 20% of its TRAINING events; without weights it uses its own counts.
 
 The combined prediction: log softmax of the habit scores plus `combine_weight` times the LoRA
 model's log-probability, over the shared vocabulary (federated) or the owner's labels (local).
@@ -37,6 +40,10 @@ if TYPE_CHECKING:
 PREDICTORS = ("combined", "habit", "lora")
 SEED_OFFSET = 2**32  # the scorer's seeded noise streams never coincide with the LoRA rounds' (seed, round, device)
 FLOOR = 30.0  # a candidate a predictor cannot score sits this far (in log-probability) below its worst one
+# The counts a device falls back to (and must be beaten by the shared scorer on its own training
+# events): chosen on the foursquare-nyc --validation split only (docs/BENCHMARKS.md).
+OWN_COUNTS = "best_counting"
+FEW_EVENTS = 16  # a device with at most this many training events uses its own counts (too few to compare on)
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,8 @@ class ScorerPlan:
 
 
 def scorer_plan(cfg: "SimulationConfig", n_devices: int, run_id: str) -> ScorerPlan:
-    """Noise for the scorer's `scorer_share` of the user-level epsilon over its rounds at q = cohort / devices."""
+    """Noise for the scorer's share of the user-level epsilon (all of it with --predictor habit) over its
+    rounds at q = cohort / devices."""
     from federation.config import FederationConfig
     from federation.habit_round import ScorerRun, scorer_noise
     from privacy.accountant import SubsampledGaussian
@@ -63,7 +71,7 @@ def scorer_plan(cfg: "SimulationConfig", n_devices: int, run_id: str) -> ScorerP
 
     k = min(n_devices, cfg.scorer_cohort)
     q = k / n_devices
-    eps = None if cfg.non_private else cfg.epsilon * cfg.scorer_share
+    eps = None if cfg.non_private else cfg.epsilon * cfg.scorer_epsilon_share
     sigma = 0.0 if eps is None else scorer_noise(eps, k, n_devices, cfg.scorer_rounds, cfg.delta, accountant=GATE_ACCOUNTANT)
     config = FederationConfig(rounds=cfg.scorer_rounds, mode=cfg.federation_mode, clip_norm=cfg.scorer_clip,
                               noise_multiplier=sigma, delta=cfg.delta, local_epochs=1, local_lr=1.0,
@@ -138,23 +146,31 @@ def store_weights(devices: Sequence["SimDevice"], weights: dict[str, np.ndarray]
                                {"run": run, "epsilon": eps if eps is not None and math.isfinite(eps) else None})
 
 
-def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np.ndarray] | None) -> np.ndarray:
+def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np.ndarray] | None,
+                    own: str = OWN_COUNTS) -> np.ndarray:
     """(held-out queries, labels) log-probabilities of the habit predictor, computed on the device.
 
     With the federation's shared `weights` (over `labels`, the shared vocabulary): the scorer, unless
-    the device's own counts (smoothed mix) did better on the last 20% of its TRAINING events
-    (`prefers_scorer`: a small or very noisy federation must not make a device worse than counting).
-    Without weights: its own counts. A label a predictor cannot score gets its floor.
+    the device has at most FEW_EVENTS training events or its own counts did better on the last 20%
+    of them (`prefers_scorer`: a small or very noisy federation must not make a device worse than
+    counting). Without weights, or when counting won: its own counts (`own`: "best_counting", the per-owner choice of
+    personal.evaluate, or "mix", the smoothed mix). A label a predictor cannot score gets its floor.
     """
+    return owner_log_probs(d.habit_train, d.habit_queries, labels, weights, own)
+
+
+def owner_log_probs(train: list, queries: list, labels: Sequence[str], weights: dict[str, np.ndarray] | None,
+                    own: str = OWN_COUNTS, few: int = FEW_EVENTS) -> np.ndarray:
+    """`habit_log_probs` for one owner's training events and queries (personal.evaluate.Query)."""
     labels = list(labels)
-    if not d.habit_queries:
+    if not queries:
         return np.zeros((0, len(labels)))
-    if weights is not None and prefers_scorer(d.habit_train, labels, weights):
-        z, names = _scorer_logits(d.habit_train, d.habit_queries, labels, weights)
+    if weights is not None and len(train) > few and prefers_scorer(train, labels, weights, own):
+        z, names = _scorer_logits(train, queries, labels, weights)
     else:
-        z, names = _mix_logits(d.habit_train, d.habit_queries)
+        z, names = counting_logits(train, queries, own)
         if not names:
-            return np.zeros((len(d.habit_queries), len(labels)))
+            return np.zeros((len(queries), len(labels)))
     z = z - z.max(axis=1, keepdims=True)
     z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     pos = {n: i for i, n in enumerate(names)}
@@ -185,24 +201,54 @@ def _mix_logits(train: list, queries: list) -> tuple[np.ndarray, list[str]]:
     return np.stack(rows), names
 
 
-def prefers_scorer(train: list, labels: Sequence[str], weights) -> bool:
+def counting_logits(train: list, queries: list, own: str = OWN_COUNTS) -> tuple[np.ndarray, list[str]]:
+    """Scores of the owner's own counting predictor over its own events.
+
+    "mix": the smoothed mix's log-share. "best_counting" (or "best_choice"): the predictor
+    personal.evaluate chooses for this owner on its training events; the mix keeps its log-shares, the others (rankings only) score
+    minus the rank, so any ranking is reproduced exactly (ties by name, as the baselines break them).
+    """
+    from personal.evaluate import COUNTING, choose_counting
+
+    choice = "mix" if own == "mix" else choose_counting(train)  # best_counting and best_choice: the same fallback
+    if choice == "mix":
+        return _mix_logits(train, queries)
+    model = COUNTING[choice](train)
+    names = sorted({e.event for e in train})
+    pos = {n: i for i, n in enumerate(names)}
+    z = np.full((len(queries), len(names)), -float(len(names)))
+    for i, q in enumerate(queries):
+        for rank, name in enumerate(model.rank(q)):
+            z[i, pos[name]] = -float(rank)
+    return z, names
+
+
+def prefers_scorer(train: list, labels: Sequence[str], weights, own: str = OWN_COUNTS) -> bool:
     """On the device: does the shared scorer beat its own counts on the last 20% of its training events?
 
-    Fit on the first 80%, top-1 then top-5 on the rest; a tie keeps the scorer. Held-out events are
-    never looked at (the scorer's weights were learnt with these training events among all others, under DP).
+    Fit on the first 80%, top-1 then top-5 on the rest; a tie keeps the scorer. The counts it must
+    beat there: "best_counting", personal.evaluate's per-owner procedure fit on the first 80% (its
+    choice made inside them, so its score on the rest is out of sample, like the scorer's);
+    "best_choice", the best of the five counting predictors on exactly these events (an in-sample
+    maximum: optimistic); "mix", the smoothed mix. Held-out events are never looked at (the
+    scorer's weights were learnt with these training events among all others, under DP).
     """
-    from personal.evaluate import chronological_split, topk
+    from personal.evaluate import BestCounting, chronological_split, counting_scores, topk
 
     fit, val = chronological_split(train, 0.2)
     if not fit or not val:
         return True
     truths = [q.target.event for q in val]
-    scores = []
-    for z, names in (_scorer_logits(fit, val, labels, weights), _mix_logits(fit, val)):
-        order = np.argsort(-z, axis=1, kind="stable")[:, :5] if names else np.zeros((len(val), 0), int)
-        s = topk([[names[j] for j in row] for row in order], truths)
-        scores.append((s["top1"], s["top5"]))
-    return scores[0] >= scores[1]
+    if own == "best_counting":  # the per-owner procedure itself, its choice made on `fit` alone
+        best = BestCounting(fit)
+        floor = tuple(topk([best.rank(q) for q in val], truths).values())
+    else:
+        counting = counting_scores(train)
+        floor = counting["mix"] if own == "mix" else max(counting.values())
+    z, names = _scorer_logits(fit, val, labels, weights)
+    order = np.argsort(-z, axis=1, kind="stable")[:, :5]
+    s = topk([[names[j] for j in row] for row in order], truths)
+    return (s["top1"], s["top5"]) >= floor
 
 
 def _floor(scores: np.ndarray) -> np.ndarray:
@@ -219,13 +265,15 @@ def combined_scores(habit: np.ndarray, lora_probs: np.ndarray, weight: float) ->
     return habit + weight * np.log(np.clip(lora_probs, 1e-12, None))
 
 
-def predictor_hits(habit: np.ndarray, lora_probs: np.ndarray, labels: Sequence[str], targets: Sequence[str],
+def predictor_hits(habit: np.ndarray, lora_probs: np.ndarray | None, labels: Sequence[str], targets: Sequence[str],
                    weight: float, ks: Sequence[int] = (1, 5)) -> dict[str, dict[int, list[bool]]]:
-    """Per predictor (habit, lora, combined) and k: is each target among the k best labels?"""
+    """Per predictor (habit, lora, combined; habit only without a LoRA model) and k: is each target among the k best?"""
     index = {label: i for i, label in enumerate(labels)}
     truth = np.array([index.get(t, -1) for t in targets])
     out = {}
-    for name, scores in (("habit", habit), ("lora", lora_probs), ("combined", combined_scores(habit, lora_probs, weight))):
+    scored = [("habit", habit)] if lora_probs is None else [
+        ("habit", habit), ("lora", lora_probs), ("combined", combined_scores(habit, lora_probs, weight))]
+    for name, scores in scored:
         order = np.argsort(-scores, axis=1, kind="stable")
         out[name] = {k: [bool(t >= 0 and t in row[:k]) for t, row in zip(truth, order)] for k in ks}
     return out

@@ -153,13 +153,15 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
             engine.prepare(results, _new_line(bar))
             results["timing"] = {"setup_s": time.perf_counter() - t_start}
             task = bar.add_task("round 1", total=engine.devices_per_round)
+            rounds = cfg.rounds if cfg.trains_lora else 1  # --predictor habit: one evaluation, nothing trained
 
             def step(r: int) -> RoundResult:
-                bar.reset(task, total=engine.devices_per_round, description=f"round {r}/{cfg.rounds}")
+                bar.reset(task, total=engine.devices_per_round,
+                          description=f"round {r}/{rounds}" if cfg.trains_lora else "evaluating")
                 return engine.round(r)
 
             try:
-                run_loop(results, cfg.rounds, step, out_dir, done_status="finishing")
+                run_loop(results, rounds, step, out_dir, done_status="finishing")
             except KeyboardInterrupt:
                 interrupted = True
             results["devices"] = engine.device_rows()
@@ -186,6 +188,11 @@ def run_simulation(cfg: SimulationConfig, show_progress: bool = False, feature_c
 def _stated_epsilons(cfg: SimulationConfig, results: dict) -> dict:
     """The record- and user-level (epsilon, delta) the run used, stated plainly for the output."""
     final = results.get("final") or {}
+    if cfg.mode == "federated" and not cfg.trains_lora:
+        return {"user_epsilon": final.get("epsilon_max", 0.0), "record_epsilon": final.get("epsilon_max", 0.0),
+                "record_note": ("user-level DP covers every record of a device, so the habit scorer's shared weights are "
+                                "also record-level DP at the same epsilon; no adapter is trained (--predictor habit) and the "
+                                "habit statistics are counted on the device: they never leave its vault")}
     if cfg.mode == "federated":
         return {
             "user_epsilon": final.get("epsilon_max", 0.0),
@@ -195,5 +202,8 @@ def _stated_epsilons(cfg: SimulationConfig, results: dict) -> dict:
                             "personal adapter is fine-tuned on the device without DP-SGD and the habit statistics are "
                             "counted on the device: neither leaves its vault"),
         }
+    if not cfg.trains_lora:
+        return {"record_epsilon": final.get("epsilon_max", 0.0), "user_epsilon": None,
+                "record_note": "local-only, --predictor habit: the device's own counts; nothing is trained or released"}
     return {"record_epsilon": final.get("epsilon_max", 0.0), "user_epsilon": None,
             "record_note": "local-only: nothing leaves the device; the local adapter is DP-SGD at record level"}

@@ -254,9 +254,9 @@ class DeviceShard:
         from simulations.habit_sim import habit_log_probs, predictor_hits
 
         test = [e for e in d.test if e.label is not None]
-        if probs is None or not test or len(d.habit_queries) != len(test):
+        if (probs is None and self.cfg.trains_lora) or not test or len(d.habit_queries) != len(test):
             return None
-        runs_scorer = self.cfg.mode == "federated" and self.cfg.habit_scorer
+        runs_scorer = self.cfg.mode == "federated" and self.cfg.habit_scorer and self.cfg.predictor != "lora"
         if runs_scorer and self.scorer_weights is None:
             return None  # the scorer has not run (an engine driven without train_scorer)
         habit = habit_log_probs(d, labels, self.scorer_weights if runs_scorer else None)
@@ -271,6 +271,15 @@ class DeviceShard:
             return {"lora_top1": m.get("top1"), "lora_top5": m.get("top5")}
         return metrics(hits, self.cfg.predictor)
 
+    def habits(self, users: Sequence[str]) -> list[DeviceOutcome]:
+        """--predictor habit: each device's habit prediction on its held-out events, nothing trained."""
+        out = []
+        for user in users:
+            d = self.devices[user]
+            labels = self.labels if self.cfg.mode == "federated" else sorted({e.label for e in d.train if e.label})
+            out.append(DeviceOutcome(user, metrics=self._with_habits(d, labels, None, {})))
+        return out
+
     def personal_hits(self, user: str, global_adapter) -> dict[str, list[bool]]:
         """Per held-out example: is each predictor's top-1 right? (planted-routine check)
 
@@ -282,6 +291,9 @@ class DeviceShard:
 
         d = self.devices[user]
         test = [e for e in d.test if e.label is not None]
+        if not self.cfg.trains_lora:
+            hits = self._hits(d, self.labels if self.cfg.mode == "federated" else sorted({e.label for e in d.train if e.label}), None)
+            return {"personalized": hits["habit"][1], "habit": hits["habit"][1]} if hits else {"personalized": [False] * len(test)}
         if self.cfg.mode == "federated":
             usable = [e for e in d.train if e.label in set(self.labels)]
             adapter = global_adapter

@@ -74,7 +74,7 @@ def test_a_failed_flower_simulation_prints_one_line_and_exits_1(flower_env):
     model = _damaged_model_folder(flower_env / "damaged-model")
     cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--engine", "flower", "--model", str(model),
            "--dataset", "synthetic", "--synthetic-devices", "2", "--devices", "2", "--rounds", "1",
-           "--out", str(flower_env / "out")]
+           "--predictor", "lora", "--out", str(flower_env / "out")]
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=540)
     err = done.stderr
     assert done.returncode == 1, err[-3000:]

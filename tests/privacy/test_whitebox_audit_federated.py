@@ -75,13 +75,14 @@ def test_simulate_with_canary_clients_reports_the_estimate_and_without_them_noth
     from simulations.runner import BadSimulationConfig, SimulationConfig, run_simulation
     from tests.cli_support import run_homebody
 
-    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", epsilon=4.0, seed=0)
+    common = dict(dataset="synthetic", synthetic_devices=3, devices=3, rounds=2, model="tiny", epsilon=4.0, seed=0,
+                  predictor="combined")
     off = run_simulation(SimulationConfig(**common, out=str(tmp_path / "off")))
     off_again = run_simulation(SimulationConfig(**common, out=str(tmp_path / "off2")))
     assert "canary_audit" not in off and off["final"]["global_top1"] == off_again["final"]["global_top1"]
     code, stdout, stderr = run_homebody(monkeypatch, capsys, "simulate", "--dataset", "synthetic", "--synthetic-devices",
                                         "3", "--devices", "3", "--rounds", "2", "--model", "tiny", "--epsilon", "4",
-                                        "--audit-canaries", "8", "--out", str(tmp_path / "on"))
+                                        "--audit-canaries", "8", "--predictor", "combined", "--out", str(tmp_path / "on"))
     assert code == 0, stderr
     assert "canary audit (8 canary clients, 2 rounds): claimed user-level ε 4" in stdout
     est = json.loads((tmp_path / "on" / "results.json").read_text())["canary_audit"]

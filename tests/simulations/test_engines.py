@@ -33,7 +33,7 @@ def test_both_engines_implement_the_engine_protocol(tmp_path):
     devices, labels = _devices(tmp_path)
     for kind, cls in (("fast", FastEngine), ("flower", FlowerEngine)):
         cfg = SimulationConfig(dataset="synthetic", devices=3, rounds=1, model="tiny", engine=kind, workers=1,
-                               out=str(tmp_path / kind))
+                               predictor="lora", out=str(tmp_path / kind))
         engine = make_engine(cfg, devices, labels, tmp_path / kind)
         try:
             assert isinstance(engine, cls) and isinstance(engine, Engine)
@@ -68,7 +68,7 @@ def test_one_worker_and_two_workers_give_identical_results(tmp_path, mode):
     the last bit): each device's noise comes from its own seeded stream (seed, round, device), its
     features from the same encoding batches, and the server aggregates in cohort order."""
     common = dict(dataset="synthetic", synthetic_devices=5, devices=5, rounds=2, model="tiny", max_events=80, seed=2,
-                  mode=mode, scorer_rounds=3)
+                  mode=mode, scorer_rounds=3, predictor="combined")
     if mode == "federated":
         common.update(devices_per_round=3, evaluate_all=True)
     one = run_simulation(SimulationConfig(**common, workers=1, out=str(tmp_path / "one")))
@@ -120,7 +120,7 @@ def test_an_unreachable_ray_address_is_one_line_and_fails_fast(monkeypatch, caps
         port = s.getsockname()[1]
     t0 = time.perf_counter()
     code, _out, err = run_homebody(monkeypatch, capsys, "simulate", "--model", "tiny", "--devices", "2",
-                                   "--synthetic-devices", "2", "--rounds", "1", "--engine", engine,
+                                   "--synthetic-devices", "2", "--rounds", "1", "--engine", engine, "--predictor", "lora",
                                    "--ray-address", f"127.0.0.1:{port}", "--out", str(tmp_path))
     assert code != 0 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in err and "Traceback" not in err
     assert time.perf_counter() - t0 < 60

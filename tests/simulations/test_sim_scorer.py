@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite_utils
 import pytest
 
-from personal.evaluate import SmoothedMix
+from personal.evaluate import BestCounting
 from privacy.accountant import SubsampledGaussian, compute_epsilon
 from privacy.ledger import Ledger
 from simulations.runner import BadSimulationConfig, SimulationConfig, load_results, run_simulation
@@ -14,7 +14,7 @@ from simulations.sweep import markdown, run_row
 
 from tests.cli_support import run_homebody
 
-SMALL = dict(dataset="synthetic", synthetic_devices=5, devices=5, model="tiny", max_events=60, rounds=2)
+SMALL = dict(dataset="synthetic", synthetic_devices=5, devices=5, model="tiny", max_events=60, rounds=2, predictor="combined")
 
 
 def _user_records(vault_dir):
@@ -83,13 +83,13 @@ def test_local_mode_uses_each_devices_own_counts_and_releases_nothing_for_them(t
     assert "budget_split" not in res["privacy"] and res["habit_scorer"]["kind"].startswith("own counts")
     for records, problems in _user_records(tmp_path / "run" / "vaults"):
         assert records == [] and problems == []  # nothing user-level: no scorer, no federation
-    # the habit number is the smoothed mix of the device's own counts, recomputed here independently
+    # the habit number is the device's own best counting (personal.evaluate's per-owner choice), recomputed here
     pop = select_devices(load_population("synthetic", synthetic_devices=5, seed=0), 5)
     devices = {d.user: d for d in prepare_devices(pop, tmp_path / "check", max_events=60)}
     for row in res["devices"]:
         d = devices[row["user"]]
-        mix = SmoothedMix(d.habit_train)
-        hits = [mix.rank(q)[:1] == [q.target.event] for q in d.habit_queries]
+        best = BestCounting(d.habit_train)
+        hits = [best.rank(q)[:1] == [q.target.event] for q in d.habit_queries]
         assert row["habit_top1"] == pytest.approx(sum(hits) / len(hits))
 
 
@@ -115,7 +115,7 @@ def test_bad_scorer_settings_are_one_typed_error(field, value):
 def test_cli_summary_shows_the_scorer_and_the_split_and_refuses_a_bad_predictor(monkeypatch, capsys, tmp_path):
     code, out, err = run_homebody(monkeypatch, capsys, "simulate", "--model", "tiny", "--devices", "4",
                                   "--synthetic-devices", "4", "--rounds", "1", "--max-events", "40",
-                                  "--scorer-rounds", "3", "--out", str(tmp_path / "ok"))
+                                  "--scorer-rounds", "3", "--predictor", "combined", "--out", str(tmp_path / "ok"))
     assert code == 0, err
     assert "habit scorer (DP-FedAvg, user-level)" in out and "LoRA personal model" in out
     assert "personalized (= combined)" in out and "budget split" in out and "best counting" in out

@@ -12,7 +12,7 @@ from simulations.runner import BadSimulationConfig, SimulationConfig, load_resul
 from simulations.sweep import SweepConfig, run_dir, run_sweep
 from tests.cli_support import run_homebody
 
-BASE = dict(dataset="synthetic", synthetic_devices=4, devices=3, rounds=1, model="tiny", max_events=60)
+BASE = dict(dataset="synthetic", synthetic_devices=4, devices=3, rounds=1, model="tiny", max_events=60, predictor="combined")
 
 
 def test_sweep_runs_every_configuration_resumes_and_tabulates(tmp_path: Path):
@@ -56,10 +56,11 @@ def test_sweep_cli_takes_epsilons_as_separate_words(tmp_path: Path, monkeypatch,
     assert parse_epsilons("1,3 8", []) == (1.0, 3.0, 8.0)
     code, out, _ = run_homebody(monkeypatch, capsys, "sweep", "--model", "tiny", "--devices", "2", "--rounds", "1",
                                 "--max-events", "40", "--modes", "local", "--no-non-private",
-                                "--epsilons", "2", "8", "--out", str(tmp_path / "cli"))
+                                "--epsilons", "2", "8", "--predictor", "lora", "--out", str(tmp_path / "cli"))
     assert code == 0, out
     table = json.loads((tmp_path / "cli" / "table.json").read_text())
     assert [r["epsilon"] for r in table["runs"]] == [2.0, 8.0]
+    assert [r["predictor"] for r in table["runs"]] == ["lora", "lora"]  # --predictor reaches every run
     assert "| local only | ε=2 record-level" in out
 
 
