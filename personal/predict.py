@@ -170,7 +170,8 @@ def default_use(vault: "Vault", profile: str, model: str) -> str:
     from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, DEFAULT_PREDICTOR
 
     shared = (ARTEFACT_KIND, ARTEFACT_NAME) in vault.list_artefacts(profile)
-    habit = ("your habit counts ranked by the federation's shared weights stored in this vault" if shared
+    habit = ("your habit counts ranked by the federation's shared weights stored in this vault where they do at "
+             "least as well as your own best counting (else that)" if shared
              else "your own habit counts (no federated shared weights in this vault)")
     adapter = f"the adapter for {model}" if _has_adapter(vault, profile, model) else f"an adapter for {model} (none yet)"
     what = {"habit": habit, "lora": adapter, "combined": f"{habit} combined with {adapter}"}[DEFAULT_PREDICTOR]
