@@ -155,7 +155,8 @@ def counting_scores(train: Sequence["Event"], val_frac: float = 0.2) -> dict[str
     truths = [q.target.event for q in val]
     out = {}
     for name in TIE_ORDER:
-        s = topk([COUNTING[name](fit).rank(q) for q in val], truths)
+        model = COUNTING[name](fit)  # fit once: ranking does not change it
+        s = topk([model.rank(q) for q in val], truths)
         out[name] = (s["top1"], s["top5"])
     return out
 

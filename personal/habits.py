@@ -324,6 +324,10 @@ def habit_distribution(history: Sequence["Event"], at: datetime, weights: dict[s
                        vocabulary: Sequence[str] = ()) -> tuple[list[str], np.ndarray]:
     """Every candidate next event at `at` and its probability, from the owner's counts (on the device).
 
+    The two raw predictors, without the on-device choice between them: `suggest` ranks with
+    `personal.habit_predictor.next_event_probs` (the simulations' choice), which uses the scorer's
+    scores exactly as here when it keeps the scorer.
+
     `history` is every event before `at`. With the federation's shared `weights` (over the shared
     `vocabulary`): the habit scorer's softmax over the shared vocabulary and the owner's events.
     Without: the smoothed mix of the owner's own shares (overall, hour, slot, after the previous
@@ -368,8 +372,10 @@ def suggest_from_habits(history: Sequence["Event"], at: datetime, weights: dict[
 
 PREDICTORS = ("habit", "lora", "combined")
 # What `suggest` ranks with unless told otherwise: the CLI (--predictor), the SDK (Assistant.suggest,
-# AssistantConfig.predictor) and the API (?predictor=) all read this one constant. "habit": the
-# scorer with the vault's shared weights, else the owner's own counts (docs/BENCHMARKS.md: the
+# AssistantConfig.predictor) and the API (?predictor=) all read this one constant, and so does
+# simulations.config.SimulationConfig.predictor. "habit": personal.habit_predictor's on-device choice
+# (the scorer with the vault's shared weights unless the owner's own best counting did better on
+# their events or they have at most FEW_EVENTS, else the owner's own best counting) (docs/BENCHMARKS.md: the
 # scorer 0.378 vs best counting 0.336 top-1 on foursquare-nyc's 1,082 users; an early 50-user run of
 # the combinations with LoRA did not beat the scorer). To be revisited with the full ablation.
 DEFAULT_PREDICTOR = "habit"

@@ -23,6 +23,7 @@ from personal.training import TrainingError, wrap
 
 if TYPE_CHECKING:
     from personal.adapter import Adapter
+    from personal.habit_predictor import HabitChoice
     from personal.vault import Event, Vault
 
 
@@ -89,27 +90,44 @@ def _adapter_probs(vault: "Vault", profile: str, base: BaseModel, at: datetime,
 def habit_probs(vault: "Vault", profile: str, at: datetime) -> tuple[list[str], Any, str]:
     """The habit predictor's candidates, their probabilities at ``at`` and its privacy line (on the device).
 
-    A device that took part in a federated run keeps the habit scorer's shared weights as a vault
-    artefact (``personal.habits.ARTEFACT_KIND``): the scorer then ranks the owner's counts and the
-    shared vocabulary with them (a cold-start owner still gets the population's events). Without
-    them: the owner's own counts only. Either way nothing is released here.
+    The simulations' on-device choice (``personal.habit_predictor.next_event_probs``) with every event
+    before ``at`` as the training events: a device that took part in a federated run keeps the habit
+    scorer's shared weights as a vault artefact (``personal.habits.ARTEFACT_KIND``) and ranks with
+    them (the shared vocabulary and the owner's events), unless it has at most FEW_EVENTS events or
+    its own best counting did better on its last 20% of events; otherwise, and without weights, its
+    own best counting. The privacy line says which. Either way nothing is released here.
     """
     from personal.errors import ArtefactNotFound
-    from personal.habits import (ARTEFACT_KIND, ARTEFACT_NAME, check_vocabulary, habit_distribution,
-                                 weights_from_bytes)
+    from personal.habit_predictor import next_event_probs
+    from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, check_vocabulary, weights_from_bytes
 
     events = history_before(vault.events(profile), at)
     try:
         data, meta = vault.get_artefact(profile, ARTEFACT_KIND, ARTEFACT_NAME)
     except ArtefactNotFound:
-        return (*habit_distribution(events, at), "own habit counts on this device (nothing released)")
+        names, probs, choice = next_event_probs(events, at)
+        return names, probs, _habit_line(choice, None, len(events))
     weights, vocab = weights_from_bytes(data)
     check_vocabulary(vocab, {e.event for e in events})
     eps = meta.get("epsilon")
     how = f"user-level ε {eps:.2f}" if isinstance(eps, (int, float)) else "NON-PRIVATE"
-    return (*habit_distribution(events, at, weights, vocab),
-            f"own habit counts ranked by the federated habit scorer's shared weights ({how}, learnt with "
-            "DP-FedAvg); the counts never left this device")
+    names, probs, choice = next_event_probs(events, at, weights, vocab)
+    return names, probs, _habit_line(choice, how, len(events))
+
+
+def _habit_line(choice: "HabitChoice", how: str | None, n_events: int) -> str:
+    """The habit predictor's privacy line: which part ranked (shared scorer or own counts, and which) and why."""
+    from personal.habit_predictor import FEW_EVENTS
+
+    if choice.part == "scorer":
+        return (f"own habit counts ranked by the federated habit scorer's shared weights ({how}, learnt with "
+                "DP-FedAvg; they did at least as well as your own counts on your last 20% of events); "
+                "the counts never left this device")
+    own = f"own habit counts on this device (counting predictor {choice.counting.replace('_', ' ')}"
+    why = {"no weights": "no federated shared weights in this vault",
+           "few events": f"only {n_events} events (≤ {FEW_EVENTS}): the shared weights ({how}) are not checked",
+           "counts won": f"they did better than the shared weights ({how}) on your last 20% of events"}[choice.reason]
+    return f"{own}; {why}; nothing released)"
 
 
 def suggest_from_counts(vault: "Vault", profile: str, at: datetime | None = None, k: int = 5) -> Suggestions:
@@ -152,7 +170,8 @@ def default_use(vault: "Vault", profile: str, model: str) -> str:
     from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, DEFAULT_PREDICTOR
 
     shared = (ARTEFACT_KIND, ARTEFACT_NAME) in vault.list_artefacts(profile)
-    habit = ("your habit counts ranked by the federation's shared weights stored in this vault" if shared
+    habit = ("your habit counts ranked by the federation's shared weights stored in this vault where they do at "
+             "least as well as your own best counting (else that)" if shared
              else "your own habit counts (no federated shared weights in this vault)")
     adapter = f"the adapter for {model}" if _has_adapter(vault, profile, model) else f"an adapter for {model} (none yet)"
     what = {"habit": habit, "lora": adapter, "combined": f"{habit} combined with {adapter}"}[DEFAULT_PREDICTOR]

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from personal.habits import COMBINE_WEIGHT, DEFAULT_PREDICTOR, PREDICTORS
 from privacy.errors import HomebodyError
 
 ROUND_KEYS = ("round", "top1", "top5", "global_top1", "epsilon_max", "epsilon_median", "bytes_up_per_device", "wall_s")
@@ -83,8 +84,9 @@ class SimulationConfig:
     # "lora" (no scorer: the LoRA rounds get the whole epsilon) or "combined" (habit scores +
     # combine_weight x the LoRA log-probability; the budget split by scorer_share).
     # combine_weight is fixed a priori, never tuned on held-out events.
-    predictor: str = "habit"  # the best on foursquare-nyc (docs/BENCHMARKS.md, the ablation)
-    combine_weight: float = 1.0
+    # Both are the device's own constants (personal.habits): `homebody suggest` ranks with the same default.
+    predictor: str = DEFAULT_PREDICTOR  # "habit": the best on foursquare-nyc (docs/BENCHMARKS.md, the ablation)
+    combine_weight: float = COMBINE_WEIGHT
 
     def validate(self) -> None:
         """Raise BadSimulationConfig with one clear line for any setting out of range."""
@@ -112,8 +114,8 @@ class SimulationConfig:
             raise BadSimulationConfig(f"--epsilon must be a positive number (got {self.epsilon}); use --non-private for none")
         if not 0 < self.delta < 1:
             raise BadSimulationConfig(f"--delta must be in (0, 1) (got {self.delta})")
-        if self.predictor not in ("combined", "habit", "lora"):
-            raise BadSimulationConfig(f"--predictor must be combined, habit or lora (got {self.predictor!r})")
+        if self.predictor not in PREDICTORS:
+            raise BadSimulationConfig(f"--predictor must be {', '.join(PREDICTORS)} (got {self.predictor!r})")
         if not 0 < self.scorer_share < 1:
             raise BadSimulationConfig(f"--scorer-share must be in (0, 1) (got {self.scorer_share})")
         if self.scorer_rounds < 1 or self.scorer_cohort < 1:

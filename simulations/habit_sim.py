@@ -14,7 +14,9 @@ Every scorer release is checked and committed by the device's own vault gate
 (`federation.habit_round.run_scorer_federation`).
 
 A device with shared weights uses the scorer unless its own counts (`OWN_COUNTS`) did better on the
-last 20% of its TRAINING events; without weights it uses its own counts.
+last 20% of its TRAINING events; without weights it uses its own counts. That choice is
+`personal.habit_predictor.owner_log_probs`, the very function `homebody suggest` ranks with
+(`personal.predict.habit_probs`), so what is measured here is what a device's owner gets.
 
 The combined prediction: log softmax of the habit scores plus `combine_weight` times the LoRA
 model's log-probability, over the shared vocabulary (federated) or the owner's labels (local).
@@ -31,19 +33,16 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from personal.habit_predictor import FEW_EVENTS, OWN_COUNTS, owner_log_probs, prefers_scorer  # noqa: F401 - re-exported
+from personal.habits import PREDICTORS, combined_scores  # noqa: F401 - PREDICTORS re-exported
+
 if TYPE_CHECKING:
     from federation.config import FederationConfig
     from federation.habit_round import ScorerRun
     from simulations.devices import SimDevice
     from simulations.config import SimulationConfig
 
-PREDICTORS = ("combined", "habit", "lora")
 SEED_OFFSET = 2**32  # the scorer's seeded noise streams never coincide with the LoRA rounds' (seed, round, device)
-FLOOR = 30.0  # a candidate a predictor cannot score sits this far (in log-probability) below its worst one
-# The counts a device falls back to (and must be beaten by the shared scorer on its own training
-# events): chosen on the foursquare-nyc --validation split only (docs/BENCHMARKS.md).
-OWN_COUNTS = "best_counting"
-FEW_EVENTS = 16  # a device with at most this many training events uses its own counts (too few to compare on)
 
 
 @dataclass(frozen=True)
@@ -157,112 +156,6 @@ def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np
     personal.evaluate, or "mix", the smoothed mix). A label a predictor cannot score gets its floor.
     """
     return owner_log_probs(d.habit_train, d.habit_queries, labels, weights, own)
-
-
-def owner_log_probs(train: list, queries: list, labels: Sequence[str], weights: dict[str, np.ndarray] | None,
-                    own: str = OWN_COUNTS, few: int = FEW_EVENTS) -> np.ndarray:
-    """`habit_log_probs` for one owner's training events and queries (personal.evaluate.Query)."""
-    labels = list(labels)
-    if not queries:
-        return np.zeros((0, len(labels)))
-    if weights is not None and len(train) > few and prefers_scorer(train, labels, weights, own):
-        z, names = _scorer_logits(train, queries, labels, weights)
-    else:
-        z, names = counting_logits(train, queries, own)
-        if not names:
-            return np.zeros((len(queries), len(labels)))
-    z = z - z.max(axis=1, keepdims=True)
-    z = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    pos = {n: i for i, n in enumerate(names)}
-    out = np.full((len(z), len(labels)), np.nan)
-    for j, name in enumerate(labels):
-        if name in pos:
-            out[:, j] = z[:, pos[name]]
-    return _floor(out)
-
-
-def _scorer_logits(train: list, queries: list, labels: Sequence[str], weights) -> tuple[np.ndarray, list[str]]:
-    from personal.habits import ScorerShape, logits, query_batch
-
-    batch = query_batch(train, queries, ScorerShape(tuple(labels)))
-    return logits(weights, batch), list(batch.candidates)
-
-
-def _mix_logits(train: list, queries: list) -> tuple[np.ndarray, list[str]]:
-    """log of the smoothed mix of the owner's own shares (personal.evaluate.SmoothedMix's score)."""
-    from personal.habits import HabitStats, habit_features
-
-    stats = HabitStats.from_events(train)
-    names = list(stats.vocab)
-    if not names:
-        return np.zeros((len(queries), 0)), names
-    rows = [np.log(np.exp(habit_features(stats, q.history, q.target.timestamp)[0][:, [0, 1, 4, 5]]).mean(axis=1))
-            for q in queries]
-    return np.stack(rows), names
-
-
-def counting_logits(train: list, queries: list, own: str = OWN_COUNTS) -> tuple[np.ndarray, list[str]]:
-    """Scores of the owner's own counting predictor over its own events.
-
-    "mix": the smoothed mix's log-share. "best_counting" (or "best_choice"): the predictor
-    personal.evaluate chooses for this owner on its training events; the mix keeps its log-shares, the others (rankings only) score
-    minus the rank, so any ranking is reproduced exactly (ties by name, as the baselines break them).
-    """
-    from personal.evaluate import COUNTING, choose_counting
-
-    choice = "mix" if own == "mix" else choose_counting(train)  # best_counting and best_choice: the same fallback
-    if choice == "mix":
-        return _mix_logits(train, queries)
-    model = COUNTING[choice](train)
-    names = sorted({e.event for e in train})
-    pos = {n: i for i, n in enumerate(names)}
-    z = np.full((len(queries), len(names)), -float(len(names)))
-    for i, q in enumerate(queries):
-        for rank, name in enumerate(model.rank(q)):
-            z[i, pos[name]] = -float(rank)
-    return z, names
-
-
-def prefers_scorer(train: list, labels: Sequence[str], weights, own: str = OWN_COUNTS) -> bool:
-    """On the device: does the shared scorer beat its own counts on the last 20% of its training events?
-
-    Fit on the first 80%, top-1 then top-5 on the rest; a tie keeps the scorer. The counts it must
-    beat there: "best_counting", personal.evaluate's per-owner procedure fit on the first 80% (its
-    choice made inside them, so its score on the rest is out of sample, like the scorer's);
-    "best_choice", the best of the five counting predictors on exactly these events (an in-sample
-    maximum: optimistic); "mix", the smoothed mix. Held-out events are never looked at (the
-    scorer's weights were learnt with these training events among all others, under DP).
-    """
-    from personal.evaluate import BestCounting, chronological_split, counting_scores, topk
-
-    fit, val = chronological_split(train, 0.2)
-    if not fit or not val:
-        return True
-    truths = [q.target.event for q in val]
-    if own == "best_counting":  # the per-owner procedure itself, its choice made on `fit` alone
-        best = BestCounting(fit)
-        floor = tuple(topk([best.rank(q) for q in val], truths).values())
-    else:
-        counting = counting_scores(train)
-        floor = counting["mix"] if own == "mix" else max(counting.values())
-    z, names = _scorer_logits(fit, val, labels, weights)
-    order = np.argsort(-z, axis=1, kind="stable")[:, :5]
-    s = topk([[names[j] for j in row] for row in order], truths)
-    return (s["top1"], s["top5"]) >= floor
-
-
-def _floor(scores: np.ndarray) -> np.ndarray:
-    """Replace unscored (nan) entries by FLOOR below the row's lowest score."""
-    if scores.size == 0 or not np.isnan(scores).any():
-        return scores
-    low = np.nanmin(np.where(np.isnan(scores), np.inf, scores), axis=1, keepdims=True)
-    low = np.where(np.isfinite(low), low, 0.0)
-    return np.where(np.isnan(scores), low - FLOOR, scores)
-
-
-def combined_scores(habit: np.ndarray, lora_probs: np.ndarray, weight: float) -> np.ndarray:
-    """habit log-probabilities + weight * the LoRA model's log-probabilities (same label order)."""
-    return habit + weight * np.log(np.clip(lora_probs, 1e-12, None))
 
 
 def predictor_hits(habit: np.ndarray, lora_probs: np.ndarray | None, labels: Sequence[str], targets: Sequence[str],

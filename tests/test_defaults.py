@@ -225,3 +225,18 @@ def test_simulation_and_federation_share_their_common_defaults() -> None:
     for name in ("delta", "local_epochs", "personal_epochs", "batch_size", "history"):
         assert getattr(sim, name) == getattr(fed, name), name
     assert (sim.learning_rate, sim.update_clip, sim.lora_rank) == (fed.local_lr, fed.clip_norm, fed.lora_r)
+
+
+def test_simulation_and_suggest_share_the_predictor_defaults() -> None:
+    """`homebody simulate --predictor` measures what `homebody suggest` ranks with by default (issue 14 item 3):
+    the simulation's predictor default, its combine weight and its choices are the device's constants."""
+    import dataclasses as dc
+
+    from personal.habits import COMBINE_WEIGHT, DEFAULT_PREDICTOR, PREDICTORS
+    from simulations.config import SimulationConfig
+    from simulations.habit_sim import PREDICTORS as SIM_PREDICTORS
+
+    fields = {f.name: f.default for f in dc.fields(SimulationConfig)}
+    assert SimulationConfig().predictor == fields["predictor"] == DEFAULT_PREDICTOR
+    assert SimulationConfig().combine_weight == COMBINE_WEIGHT
+    assert SIM_PREDICTORS is PREDICTORS

@@ -141,3 +141,29 @@ def test_summary_table_shows_best_counting(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "best counting (baseline)" in out and "0.600" in out
     assert "most frequent (baseline)" in out and "smoothed mix (baseline)" in out
+
+
+def test_counting_scores_fits_each_predictor_once(monkeypatch):
+    """`choose_counting` runs on every `suggest` now (issue 14 item 3): each counting predictor is fit
+    once on the first 80% and ranks every validation event, not refit per event (quadratic: seconds
+    for an owner with a few thousand events). Same scores as fitting per event."""
+    import personal.evaluate as evaluate
+
+    events = _clock_owner(60)
+    fits: list[str] = []
+
+    def counted(name: str, cls: type) -> type:
+        """The real predictor, noting each fit."""
+        def init(self, train) -> None:
+            fits.append(name)
+            cls.__init__(self, train)
+        return type(f"Counted{cls.__name__}", (cls,), {"__init__": init})
+
+    wrapped = {name: counted(name, cls) for name, cls in evaluate.COUNTING.items()}
+    fit, val = evaluate.chronological_split(events, 0.2)
+    per_event = {name: tuple(evaluate.topk([cls(fit).rank(x) for x in val], [x.target.event for x in val]).values())
+                 for name, cls in evaluate.COUNTING.items()}
+    monkeypatch.setattr(evaluate, "COUNTING", wrapped)
+    scores = evaluate.counting_scores(events)
+    assert sorted(fits) == sorted(evaluate.TIE_ORDER)  # one fit per predictor
+    assert scores == per_event
