@@ -160,7 +160,7 @@ def run_row(mode: str, eps: Optional[float], res: dict) -> dict:
         "mode": mode, "epsilon": eps, "unit": cfg.get("epsilon_unit"), "private": eps is not None,
         "status": res.get("status"), "rounds": cfg.get("rounds"), "devices_per_round": cfg.get("devices_per_round"),
         "top1": final.get("top1"), "top5": final.get("top5"), "global_top1": final.get("global_top1"),
-        "predictor": cfg.get("predictor", "lora"),
+        "predictor": cfg.get("predictor", "lora"), "scorer_rounds": cfg.get("scorer_rounds"),
         **{f"{name}_top{k}": final.get(f"{name}_top{k}") for name in ("habit", "lora", "combined") for k in (1, 5)},
         "epsilon_spent_max": max(spent) if spent else final.get("epsilon_max"),
         "epsilon_spent_median": final.get("epsilon_median"),
@@ -182,6 +182,22 @@ def _privacy_cell(run: dict) -> str:
     return f"ε={run['epsilon']:g} {run['unit']}-level ({detail})"
 
 
+def run_name(mode: str, predictor: str) -> str:
+    """What a run trains, in words: the habit predictor fine-tunes nothing locally and trains nothing in local mode."""
+    if mode == "local":
+        return "local only"
+    return "federated" if predictor == "habit" else "federated + local"
+
+
+def rounds_cell(r: dict) -> str:
+    """The rounds that ran: the scorer's DP-FedAvg rounds for `habit` (no LoRA round runs), none locally."""
+    if r.get("predictor") == "habit":
+        cell = "– (nothing trained)" if r["mode"] == "local" else f"{r.get('scorer_rounds')} scorer rounds"
+    else:
+        cell = f"{r['rounds']}" + (f" × {r['devices_per_round']} devices" if r["devices_per_round"] else "")
+    return cell if r["status"] == "complete" else f"{cell} ({r['status']})"
+
+
 def markdown(table: dict) -> str:
     """The table as Markdown: baselines first, then every configuration, then groups."""
     lines = [f"# {table['dataset']}: privacy–utility table ({table['devices']} devices)", "",
@@ -193,11 +209,8 @@ def markdown(table: dict) -> str:
     for b in table["baselines"]:
         lines.append(f"| {b['name']} (baseline) | – | | {_num(b['top1'])} | {_num(b['top5'])} | | | | |")
     for r in table["runs"]:
-        name = "local only" if r["mode"] == "local" else "federated + local"
-        rounds = f"{r['rounds']}" + (f" × {r['devices_per_round']} devices" if r["devices_per_round"] else "")
-        if r["status"] != "complete":
-            rounds += f" ({r['status']})"
-        name += f" ({r.get('predictor', 'lora')})"
+        name = f"{run_name(r['mode'], r.get('predictor', 'lora'))} ({r.get('predictor', 'lora')})"
+        rounds = rounds_cell(r)
         lines.append(f"| {name} | {_privacy_cell(r)} | {rounds} | {_num(r['top1'])} | {_num(r['top5'])} | "
                      f"{_num(r.get('habit_top1'))} | {_num(r.get('habit_top5'))} | {_num(r.get('lora_top1'))} | "
                      f"{_num(r['global_top1'])} |")
@@ -216,8 +229,8 @@ def markdown(table: dict) -> str:
                 best = grp["best_baseline"]
                 best_cell = f"{_num(grp['baselines'][best])} ({BASELINE_NAMES.get(best, best)})" if best else ""
                 cells += [f"{_num(grp['top1'])} (n={grp['devices']})", best_cell]
-            name = "local only" if r["mode"] == "local" else "federated + local"
-            lines.append(f"| {name} | {_privacy_cell(r)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {run_name(r['mode'], r.get('predictor', 'lora'))} | {_privacy_cell(r)} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -80,3 +80,14 @@ def test_sweep_bad_settings_give_one_line(tmp_path: Path, monkeypatch, capsys, a
 def test_sweep_config_validates_directly():
     with pytest.raises(BadSimulationConfig):
         SweepConfig(epsilons=(float("inf"),)).validate()
+
+
+def test_sweep_names_what_a_habit_run_trained():
+    from simulations.sweep import rounds_cell, run_name
+
+    fed = {"mode": "federated", "predictor": "habit", "scorer_rounds": 60, "rounds": 5, "devices_per_round": None,
+           "status": "complete"}
+    assert run_name("federated", "habit") == "federated" and rounds_cell(fed) == "60 scorer rounds"
+    assert rounds_cell({**fed, "mode": "local"}) == "– (nothing trained)"
+    assert run_name("federated", "combined") == "federated + local" and run_name("local", "lora") == "local only"
+    assert rounds_cell({**fed, "predictor": "lora", "devices_per_round": 10}) == "5 × 10 devices"
