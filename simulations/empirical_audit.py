@@ -280,11 +280,16 @@ class WhiteBoxAuditConfig:
     max_grad_norm: float = 1.0
     confidence: float = 0.95
     model: str = "tiny"
-    seed: int = 0
+    seed: int = 0  # canaries, examples and model init; the DP noise only with noise_rng="seeded"
+    # The DP-SGD noise and Poisson sampling: the OS CSPRNG, as every real release draws them. "seeded"
+    # (from `seed`) makes a run reproducible: for tests that assert on one run's statistics.
+    noise_rng: str = "os-csprng"
 
     def __post_init__(self) -> None:
         if not (0 < self.epsilon < math.inf):
             raise AuditConfigError(f"epsilon must be a finite number > 0, got {self.epsilon!r}")
+        if self.noise_rng not in ("os-csprng", "seeded"):
+            raise AuditConfigError(f"noise_rng must be 'os-csprng' or 'seeded', got {self.noise_rng!r}")
         if self.canaries < 4 or self.examples < 1 or self.epochs <= 0 or self.lora_rank < 1:
             raise AuditConfigError("need canaries >= 4, examples >= 1, epochs > 0, LoRA rank >= 1")
         if not (0 < self.sample_rate <= 1):
@@ -366,7 +371,7 @@ def run_whitebox_audit(cfg: WhiteBoxAuditConfig, *, _test_only_bug=None,
         examples, labels = _whitebox_examples(cfg)
         tcfg = TrainConfig(lora=LoraSettings(r=cfg.lora_rank, alpha=cfg.lora_rank), epochs=cfg.epochs,
                            sample_rate=cfg.sample_rate, lr=1e-3, optimizer="sgd", max_length=16, seed=cfg.seed)
-        dp = DPConfig(epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm)
+        dp = DPConfig(epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm, rng=cfg.noise_rng)
         hook = GradientCanaryAudit(CanaryConfig(canaries=cfg.canaries, seed=cfg.seed), _test_only_bug=_test_only_bug)
         t1 = time.perf_counter()
         res = train_adapter(base, examples, labels, tcfg, dp, audit=hook, progress=progress)
