@@ -212,14 +212,7 @@ class Processes:
         # Flower detaches some children into their own sessions (flower-superexec, app processes):
         # find them by the marker in their environment and end them too. Repeat until none is
         # left: a SIGKILLed process takes a moment to die, and one may have spawned another.
-        deadline = time.time() + 15.0
-        while (pids := self.leftovers()) and time.time() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        kill_marked(MARKER, self._markers)
         for handle in self._logs:
             handle.close()
 
@@ -232,6 +225,19 @@ class Processes:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def kill_marked(name: str, values: set[str], timeout_s: float = 15.0) -> None:
+    """SIGKILL every live process whose environment sets `name` to one of `values`, again until none is
+    left or `timeout_s` passes (a killed process takes a moment to die, and one may have spawned another)."""
+    deadline = time.time() + timeout_s
+    while (pids := marked_pids(name, values)) and time.time() < deadline:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
 
 
 def marked_pids(var: str, values: set[str] | frozenset[str]) -> list[int]:

@@ -97,14 +97,7 @@ def _stop(procs: list[subprocess.Popen], marker: str) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    deadline = time.time() + 15
-    while (pids := deploy.marked_pids(TEST_MARKER, {marker})) and time.time() < deadline:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.2)
+    deploy.kill_marked(TEST_MARKER, {marker})
 
 
 def test_readme_commands_as_written_count_two_devices_with_one_profile_name(tmp_path):
