@@ -99,24 +99,21 @@ def summarise(per_user: dict[str, dict[str, float]], owners: list[Owner]) -> dic
 def score_rules(weights, owners: list[Owner], vocab) -> dict[str, dict]:
     """Each candidate on-device rule, macro top-1/top-5 overall and per group; chosen on --validation only.
 
-    "scorer_or_<own>": the scorer unless own counts did better on the last 20% of the training events
-    (simulations.habit_sim.owner_log_probs; own = the counts compared with and fallen back to);
-    "always_scorer"; and each "...+few": a device with at most FEW_EVENTS training events uses its
-    best counting outright (too few events to compare on).
+    "always_scorer"; "always_scorer+few": a device with at most FEW_EVENTS training events uses its
+    best counting outright (too few events to rank from; the product's rule when the federation's
+    usefulness check keeps the scorer, simulations.habit_sim.owner_log_probs). The per-device floors
+    compared here before (scorer unless own counts did better on the training tail) are gone from the
+    product: the population's check replaced them (federation/habit_check.py, docs/BENCHMARKS.md).
     """
-    from simulations.habit_sim import FEW_EVENTS, owner_log_probs, predictor_hits
+    from simulations.habit_sim import owner_log_probs, predictor_hits
 
     rules = {"always_scorer": score_scorer(weights, owners)}
-    for own in ("mix", "best_counting", "best_choice"):
-        per_user = {}
-        for o in owners:
-            lp = owner_log_probs(o.train, o.queries, vocab, weights, own, few=0)
-            hits = predictor_hits(lp, None, vocab, [q.target.event for q in o.queries], 0.0)["habit"]
-            per_user[o.user] = {f"top{k}": float(np.mean(h)) for k, h in hits.items()}
-        rules[f"scorer_or_{own}"] = per_user
-    for name in list(rules):
-        rules[f"{name}+few"] = {o.user: o.baselines["best_counting"] if len(o.train) <= FEW_EVENTS else rules[name][o.user]
-                                for o in owners}
+    per_user = {}
+    for o in owners:
+        lp = owner_log_probs(o.train, o.queries, vocab, weights)
+        hits = predictor_hits(lp, None, vocab, [q.target.event for q in o.queries], 0.0)["habit"]
+        per_user[o.user] = {f"top{k}": float(np.mean(h)) for k, h in hits.items()}
+    rules["always_scorer+few"] = per_user
     return {name: summarise(per_user, owners) for name, per_user in rules.items()}
 
 

@@ -58,12 +58,21 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
     private, charged, mech = admit_round(device, config)
     weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
     delta = local_update(weights, batch, config.local_epochs, config.local_lr)
-    spec = spec_of(weights)
+    return release(delta, spec_of(weights), config, device, MODEL, len(batch), admitted=(private, charged, mech))
+
+
+def release(delta: Arrays, spec, config: FederationConfig, device: DeviceRound, model: str, num_examples: int,
+            admitted: tuple | None = None) -> RoundResult:
+    """Clip `delta` to C, noise it on the device, encode it and commit the release to the device's
+    ledger (unit "user"): the release path of every numpy-computed device update (the habit
+    scorer's rounds, its usefulness check). `admitted`: `admit_round`'s answer when the caller
+    already asked it before doing the work (otherwise asked here)."""
+    private, charged, mech = admitted or admit_round(device, config)
     noised, raw_norm = build_update(delta, spec, round=device.round, device_id=device.device_id, clip_norm=config.clip_norm,
                                     sigma=config.device_sigma, rng=device.rng, encoding=config.encoding, observe=device.observe)
     wire = encode(noised, device.rng)
     epsilon = None
-    details = {"round": device.round, "run": device.run, "mode": config.mode, "model": MODEL, "rng": rng_kind(device.rng)}
+    details = {"round": device.round, "run": device.run, "mode": config.mode, "model": model, "rng": rng_kind(device.rng)}
     if device.gate is not None and not private:
         device.gate.commit_non_private(device.profile, USER, wire.sha256(), details=details | {"federated": True})
         epsilon = float("inf")
@@ -72,7 +81,7 @@ def train_scorer_round(weights: Mapping[str, np.ndarray], batch: "QueryBatch", c
                                     details=details | {"rounds_charged": charged, "clip_norm": config.clip_norm,
                                                        "device_sigma": config.device_sigma, "encoding": config.encoding})
         epsilon = float(record.epsilon)
-    return RoundResult(decode(wire), wire, epsilon, raw_norm, len(batch))
+    return RoundResult(decode(wire), wire, epsilon, raw_norm, num_examples)
 
 
 @dataclass

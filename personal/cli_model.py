@@ -18,9 +18,9 @@ from personal.training import DEFAULT_EPSILON, DPConfig, TrainConfig
 from privacy.errors import HomebodyError
 
 MODEL_HELP = "Base model: minilm-l6, smollm2-135m, tiny, tiny-causal, or a local Hugging Face folder."
-PREDICTOR_HELP = ("habit: your habit counts, ranked by the federation's shared weights when the vault has them and "
-                  "they did at least as well as your own best counting on your last 20% of events (and you have "
-                  "more than 16 events), else your own best counting; "
+PREDICTOR_HELP = ("habit: your habit counts, ranked by the federation's shared weights when the vault has them, "
+                  "the federation's usefulness check kept them and you have more than 16 events; "
+                  "else your own best counting; "
                   "lora: your DP adapter; combined: both (habit alone, with a note, until an adapter is trained). "
                   f"Default: {DEFAULT_PREDICTOR}.")
 

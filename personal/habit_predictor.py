@@ -2,12 +2,15 @@
 simulations (`simulations.habit_sim`) and for `homebody suggest` (`personal.predict.habit_probs`).
 
 A device with the federation's shared scorer weights uses the scorer, unless it has at most
-FEW_EVENTS training events or its own counts (OWN_COUNTS: personal.evaluate's per-owner choice of
-counting predictor) did better on the last 20% of its training events (`prefers_scorer`): a small
-or very noisy federation must not make a device worse than counting. Without weights: its own
-counts. In a simulation the training events are the owner's training split; in `suggest` they are
-every event before the query time `at`. Everything here is a pure function of the owner's events
-and the shared weights: nothing is released.
+FEW_EVENTS training events; otherwise, and without weights, its own counts (OWN_COUNTS:
+personal.evaluate's per-owner choice of counting predictor). Weights reach the predictor only when
+the federation's usefulness check passed (`federation.habit_check`: the population's noised sum of
+`tail_gain`, the scorer's gain over each owner's best counting on the last 20% of its training
+events, confidently positive): a small or very noisy federation must not make its devices worse
+than counting, and one device's dozen tail events cannot tell (docs/BENCHMARKS.md). In a
+simulation the training events are the owner's training split; in `suggest` they are every event
+before the query time `at`. Everything here is a pure function of the owner's events and the
+shared weights: nothing is released here.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ FEW_EVENTS = 16  # a device with at most this many training events uses its own 
 @dataclass(frozen=True)
 class HabitChoice:
     """Which part of the habit predictor scored: "scorer" (shared weights) or "counts" (own counting
-    predictor `counting`, e.g. "markov"), and why ("no weights", "few events", "counts won", "scorer won")."""
+    predictor `counting`, e.g. "markov"), and why ("no weights", "few events", "check passed")."""
 
     part: str
     counting: str | None
@@ -63,9 +66,9 @@ def habit_log_softmax(train: list, queries: list, labels: Sequence[str], weights
                       own: str = OWN_COUNTS, few: int = FEW_EVENTS) -> tuple[np.ndarray, list[str], HabitChoice]:
     """THE choice: (queries, candidates) log-softmax scores, the candidates' names and which part scored.
 
-    With shared `weights` (over `labels`, the shared vocabulary), more than `few` training events and
-    the scorer at least as good as the owner's counts on their last 20% (`prefers_scorer`): the
-    scorer over the shared vocabulary and the owner's events. Otherwise the owner's counts
+    With shared `weights` (over `labels`, the shared vocabulary; handed in only when the federation's
+    usefulness check passed) and more than `few` training events: the scorer over the shared
+    vocabulary and the owner's events. Otherwise the owner's counts
     (`counting_logits`) over its own events. No candidate at all: an empty name list.
     """
     choice = _choose(train, labels, weights, own, few)
@@ -81,9 +84,9 @@ def habit_log_softmax(train: list, queries: list, labels: Sequence[str], weights
 
 def _choose(train: list, labels: Sequence[str], weights, own: str, few: int) -> HabitChoice:
     """Scorer or own counts (see `habit_log_softmax`), and the counting predictor the counts use."""
-    if weights is not None and len(train) > few and prefers_scorer(train, labels, weights, own):
-        return HabitChoice("scorer", None, "scorer won")
-    reason = "no weights" if weights is None else ("few events" if len(train) <= few else "counts won")
+    if weights is not None and len(train) > few:
+        return HabitChoice("scorer", None, "check passed")
+    reason = "no weights" if weights is None else "few events"
     return HabitChoice("counts", own_choice(train, own), reason)
 
 
@@ -141,32 +144,27 @@ def _counting_logits(train: list, queries: list, choice: str) -> tuple[np.ndarra
     return z, names
 
 
-def prefers_scorer(train: list, labels: Sequence[str], weights, own: str = OWN_COUNTS) -> bool:
-    """On the device: does the shared scorer beat its own counts on the last 20% of its training events?
+def tail_gain(train: list, labels: Sequence[str], weights, few: int = FEW_EVENTS) -> float:
+    """On the device: how much better the shared scorer ranks than the owner's best counting on the
+    last 20% of its training events (top-1 of the scorer minus top-1 of best counting; in [-1, 1]).
 
-    Fit on the first 80%, top-1 then top-5 on the rest; a tie keeps the scorer. The counts it must
-    beat there: "best_counting", personal.evaluate's per-owner procedure fit on the first 80% (its
-    choice made inside them, so its score on the rest is out of sample, like the scorer's);
-    "best_choice", the best of the five counting predictors on exactly these events (an in-sample
-    maximum: optimistic); "mix", the smoothed mix. Held-out events are never looked at (the
-    scorer's weights were learnt with these training events among all others, under DP).
+    Both are fit on the first 80% only (best counting makes its per-owner choice inside them, so its
+    score on the rest is out of sample, like the scorer's). 0.0 for a device with at most `few`
+    training events (it uses its own counts whatever the check says) or nothing to score. Held-out
+    events are never looked at. This number is what a device reports, clipped and noised, to the
+    federation's usefulness check (`federation.habit_check`); it never leaves the device in the clear.
     """
-    from personal.evaluate import BestCounting, chronological_split, counting_scores, topk
+    from personal.evaluate import BestCounting, chronological_split, topk
 
     fit, val = chronological_split(train, 0.2)
-    if not fit or not val:
-        return True
+    if len(train) <= few or not fit or not val:
+        return 0.0
     truths = [q.target.event for q in val]
-    if own == "best_counting":  # the per-owner procedure itself, its choice made on `fit` alone
-        best = BestCounting(fit)
-        floor = tuple(topk([best.rank(q) for q in val], truths).values())
-    else:
-        counting = counting_scores(train)
-        floor = counting["mix"] if own == "mix" else max(counting.values())
+    best = BestCounting(fit)
+    floor = topk([best.rank(q) for q in val], truths)["top1"]
     z, names = _scorer_logits(fit, val, labels, weights)
-    order = np.argsort(-z, axis=1, kind="stable")[:, :5]
-    s = topk([[names[j] for j in row] for row in order], truths)
-    return (s["top1"], s["top5"]) >= floor
+    order = np.argsort(-z, axis=1, kind="stable")[:, :1]
+    return float(topk([[names[j] for j in row] for row in order], truths)["top1"] - floor)
 
 
 def next_event_probs(history: Sequence["Event"], at: datetime, weights: dict[str, np.ndarray] | None = None,

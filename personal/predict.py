@@ -92,10 +92,10 @@ def habit_probs(vault: "Vault", profile: str, at: datetime) -> tuple[list[str], 
 
     The simulations' on-device choice (``personal.habit_predictor.next_event_probs``) with every event
     before ``at`` as the training events: a device that took part in a federated run keeps the habit
-    scorer's shared weights as a vault artefact (``personal.habits.ARTEFACT_KIND``) and ranks with
-    them (the shared vocabulary and the owner's events), unless it has at most FEW_EVENTS events or
-    its own best counting did better on its last 20% of events; otherwise, and without weights, its
-    own best counting. The privacy line says which. Either way nothing is released here.
+    scorer's shared weights and the federation's usefulness check as a vault artefact
+    (``personal.habits.ARTEFACT_KIND``). It ranks with the weights if the check kept them and it has
+    more than FEW_EVENTS events; otherwise, and without weights, with its own best counting. The
+    privacy line says which. Either way nothing is released here.
     """
     from personal.errors import ArtefactNotFound
     from personal.habit_predictor import next_event_probs
@@ -111,22 +111,26 @@ def habit_probs(vault: "Vault", profile: str, at: datetime) -> tuple[list[str], 
     check_vocabulary(vocab, {e.event for e in events})
     eps = meta.get("epsilon")
     how = f"user-level ε {eps:.2f}" if isinstance(eps, (int, float)) else "NON-PRIVATE"
+    if not (meta.get("check") or {}).get("kept", True):  # no verdict stored (weights from before the check): used
+        names, probs, choice = next_event_probs(events, at)
+        return names, probs, _habit_line(choice, how, len(events), check_failed=True)
     names, probs, choice = next_event_probs(events, at, weights, vocab)
     return names, probs, _habit_line(choice, how, len(events))
 
 
-def _habit_line(choice: "HabitChoice", how: str | None, n_events: int) -> str:
+def _habit_line(choice: "HabitChoice", how: str | None, n_events: int, check_failed: bool = False) -> str:
     """The habit predictor's privacy line: which part ranked (shared scorer or own counts, and which) and why."""
     from personal.habit_predictor import FEW_EVENTS
 
     if choice.part == "scorer":
         return (f"own habit counts ranked by the federated habit scorer's shared weights ({how}, learnt with "
-                "DP-FedAvg; they did at least as well as your own counts on your last 20% of events); "
+                "DP-FedAvg; the federation's usefulness check found them better than counting on its population); "
                 "the counts never left this device")
     own = f"own habit counts on this device (counting predictor {choice.counting.replace('_', ' ')}"
-    why = {"no weights": "no federated shared weights in this vault",
-           "few events": f"only {n_events} events (≤ {FEW_EVENTS}): the shared weights ({how}) are not checked",
-           "counts won": f"they did better than the shared weights ({how}) on your last 20% of events"}[choice.reason]
+    why = ("the federation's usefulness check did not find the shared weights "
+           f"({how}) better than counting on its population" if check_failed else
+           {"no weights": "no federated shared weights in this vault",
+            "few events": f"only {n_events} events (≤ {FEW_EVENTS}): the shared weights ({how}) are not used"}[choice.reason])
     return f"{own}; {why}; nothing released)"
 
 

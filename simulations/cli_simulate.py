@@ -92,6 +92,11 @@ def print_summary(results: dict, out: Path) -> None:
         parts = [f"{name} ε {split[key]:.2f}" for key, name in (("habit_scorer", "habit scorer"), ("lora", "LoRA rounds"))
                  if split.get(key) is not None]
         console.print(f"budget split (user-level, {priv.get('accountant')}): " + ", ".join(parts + [f"composed ε {split['total']:.2f}"]))
+    check = (results.get("habit_scorer") or {}).get("check")
+    if check:
+        verdict = "kept: devices rank with it" if check["kept"] else "not kept: every device uses its own counts"
+        console.print(f"usefulness check: noised sum {check['noised_sum']:.2f} vs threshold {check['threshold']:.2f} "
+                      f"over {check['devices']} devices; scorer {verdict}")
     trained = (results.get("predictor") or {}).get("trained")
     if trained is not None:
         console.print("trained: " + ("; ".join(trained) or "nothing (own counts only)"))

@@ -147,14 +147,16 @@ class FastEngine:
             return {}
         ts = time.perf_counter()
         hook = (lambda r, _w: on_round(r)) if on_round else None
-        self.scorer_weights, spent = train_scorer(self.cfg, self.scorer_plan, self.devices, self.labels, hook)
-        store_weights(self.devices, self.scorer_weights, self.labels, spent, self.scorer_plan.run.run)
-        self.pool.broadcast("set_scorer", self.scorer_weights)
-        for user, eps in spent.items():
+        outcome = train_scorer(self.cfg, self.scorer_plan, self.devices, self.labels, hook)
+        store_weights(self.devices, outcome, self.labels, self.scorer_plan.run.run)
+        self.scorer_weights = outcome.usable
+        self.pool.broadcast("set_scorer", outcome.usable)
+        for user, eps in outcome.spent.items():
             self.state[user].epsilon = eps
-        values = list(spent.values())
+        values = list(outcome.spent.values())
         return self.scorer_plan.to_json() | {"epsilon_max": max(values, default=0.0), "wall_s": time.perf_counter() - ts,
-                                              "weights_w": [float(x) for x in self.scorer_weights["w"]]}
+                                              "check": outcome.check.to_json(),
+                                              "weights_w": [float(x) for x in outcome.weights["w"]]}
 
     def encode(self, devices: Sequence[SimDevice]) -> None:
         """Place the devices not yet on a shard, in groups of about ENCODE_CHUNK texts, and have their

@@ -39,8 +39,9 @@ def predictor_summary(engine) -> dict:
         trained.append("local LoRA adapter (DP-SGD, record-level)" if not cfg.non_private else "local LoRA adapter (NON-PRIVATE)")
     return {"predictor": cfg.predictor, "trained": trained, "lora_rounds": cfg.rounds if cfg.trains_lora else 0,
             "own_counts": OWN_COUNTS,
-            "device_rule": ("the shared habit scorer unless the device's own counts did better on the last 20% of its "
-                            "training events" if engine.runs_scorer else "the device's own counts")}
+            "device_rule": ("the shared habit scorer if the federation's usefulness check kept it and the device has more "
+                            "than 16 training events, else the device's own counts" if engine.runs_scorer
+                            else "the device's own counts")}
 
 
 def budget_split(engine) -> dict:
@@ -59,7 +60,7 @@ def budget_split(engine) -> dict:
         note = (f"the habit scorer's noise is calibrated for {cfg.scorer_share:g} x ε, then the LoRA rounds' noise for "
                 "the whole ε with the scorer's release as a prior: every ledger composes both")
     else:
-        note = ("count features only: the habit scorer gets the whole ε; no LoRA round runs" if prior else
+        note = ("count features only: the habit scorer and its usefulness check get the whole ε; no LoRA round runs" if prior else
                 "LoRA only: no habit scorer runs; the LoRA rounds get the whole ε" if lora else "nothing is released")
     return {"habit_scorer": part(prior), "lora": part(lora), "total": part(prior + lora) or 0.0, "note": note}
 

@@ -11,10 +11,12 @@ The three predictors (`--predictor`, a true ablation: what is not used is not tr
   whole epsilon with the scorer's release as a prior (`privacy.accountant.noise_for_epsilon(prior=...)`),
   so the composition of both on every device's ledger is at most the run's epsilon.
 Every scorer release is checked and committed by the device's own vault gate
-(`federation.habit_round.run_scorer_federation`).
+(`federation.habit_round.run_scorer_federation`). After its rounds, the federation's usefulness
+check (`federation.habit_check`, CHECK_SHARE of the scorer's epsilon, charged to the same ledgers)
+decides whether the population keeps the scorer at all.
 
-A device with shared weights uses the scorer unless its own counts (`OWN_COUNTS`) did better on the
-last 20% of its TRAINING events; without weights it uses its own counts. That choice is
+A device uses the shared weights only if the check kept them and it has more than FEW_EVENTS
+training events; otherwise its own counts (`OWN_COUNTS`). That choice is
 `personal.habit_predictor.owner_log_probs`, the very function `homebody suggest` ranks with
 (`personal.predict.habit_probs`), so what is measured here is what a device's owner gets.
 
@@ -33,11 +35,12 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from personal.habit_predictor import FEW_EVENTS, OWN_COUNTS, owner_log_probs, prefers_scorer  # noqa: F401 - re-exported
+from personal.habit_predictor import FEW_EVENTS, OWN_COUNTS, owner_log_probs  # noqa: F401 - re-exported
 from personal.habits import PREDICTORS, combined_scores  # noqa: F401 - PREDICTORS re-exported
 
 if TYPE_CHECKING:
     from federation.config import FederationConfig
+    from federation.habit_check import CheckResult, CheckRun
     from federation.habit_round import ScorerRun
     from simulations.devices import SimDevice
     from simulations.config import SimulationConfig
@@ -47,23 +50,41 @@ SEED_OFFSET = 2**32  # the scorer's seeded noise streams never coincide with the
 
 @dataclass(frozen=True)
 class ScorerPlan:
-    """The scorer's federated run and its user-level release (the prior of the LoRA rounds)."""
+    """The scorer's federated run, its usefulness check, and their user-level releases (the prior of the LoRA rounds)."""
 
     config: "FederationConfig"
     run: "ScorerRun"
-    epsilon: float | None  # its share of the run's user-level epsilon (None: non-private)
+    epsilon: float | None  # its share of the run's user-level epsilon, check included (None: non-private)
     prior: tuple  # privacy.accountant.SubsampledGaussian releases every device is charged for
+    check_config: "FederationConfig"
+    check_run: "CheckRun"
 
     def to_json(self) -> dict:
         return {"rounds": self.run.rounds, "cohort": self.run.cohort, "clip_norm": self.config.clip_norm,
                 "noise_multiplier": self.config.noise_multiplier, "epsilon_share": self.epsilon,
-                "server_optimizer": self.run.server_optimizer, "run": self.run.run}
+                "server_optimizer": self.run.server_optimizer, "run": self.run.run,
+                "check_noise_multiplier": self.check_config.noise_multiplier}
+
+
+@dataclass(frozen=True)
+class ScorerOutcome:
+    """The scorer's final shared weights, the check's verdict and each device's user-level epsilon."""
+
+    weights: dict[str, np.ndarray]
+    check: "CheckResult"
+    spent: dict[str, float]
+
+    @property
+    def usable(self) -> dict[str, np.ndarray] | None:
+        """The weights devices rank with: None when the check did not keep the scorer."""
+        return self.weights if self.check.kept else None
 
 
 def scorer_plan(cfg: "SimulationConfig", n_devices: int, run_id: str) -> ScorerPlan:
-    """Noise for the scorer's share of the user-level epsilon (all of it with --predictor habit) over its
-    rounds at q = cohort / devices."""
+    """Noise for the scorer's share of the user-level epsilon (all of it with --predictor habit): the
+    scorer's rounds at q = cohort / devices get 1 - CHECK_SHARE of it, the usefulness check the rest."""
     from federation.config import FederationConfig
+    from federation.habit_check import CHECK_SHARE, CheckRun, check_config, check_noise
     from federation.habit_round import ScorerRun, scorer_noise
     from privacy.accountant import SubsampledGaussian
     from simulations.devices import GATE_ACCOUNTANT
@@ -71,14 +92,19 @@ def scorer_plan(cfg: "SimulationConfig", n_devices: int, run_id: str) -> ScorerP
     k = min(n_devices, cfg.scorer_cohort)
     q = k / n_devices
     eps = None if cfg.non_private else cfg.epsilon * cfg.scorer_epsilon_share
-    sigma = 0.0 if eps is None else scorer_noise(eps, k, n_devices, cfg.scorer_rounds, cfg.delta, accountant=GATE_ACCOUNTANT)
+    sigma = 0.0 if eps is None else scorer_noise(eps * (1 - CHECK_SHARE), k, n_devices, cfg.scorer_rounds, cfg.delta,
+                                                 accountant=GATE_ACCOUNTANT)
     config = FederationConfig(rounds=cfg.scorer_rounds, mode=cfg.federation_mode, clip_norm=cfg.scorer_clip,
                               noise_multiplier=sigma, delta=cfg.delta, local_epochs=1, local_lr=1.0,
                               secagg_min_devices=max(1, k), fraction_train=q, min_train_devices=min(2, k),
                               min_available_devices=min(2, n_devices))
     run = ScorerRun(rounds=cfg.scorer_rounds, cohort=k, run=f"{run_id}-habit-scorer", noise_seed=cfg.seed + SEED_OFFSET)
-    prior = () if eps is None else (SubsampledGaussian(sigma, q, cfg.scorer_rounds),)
-    return ScorerPlan(config, run, eps, prior)
+    scorer = SubsampledGaussian(sigma, q, cfg.scorer_rounds)
+    check_sigma = 0.0 if eps is None else check_noise(eps, cfg.delta, (scorer,), GATE_ACCOUNTANT)
+    check = check_config(check_sigma, n_devices, cfg.delta, cfg.federation_mode)
+    check_run = CheckRun(run=f"{run_id}-habit-check", noise_seed=cfg.seed + 2 * SEED_OFFSET)
+    prior = () if eps is None else (scorer, SubsampledGaussian(check_sigma, 1.0, 1))
+    return ScorerPlan(config, run, eps, prior, check, check_run)
 
 
 class VaultGates(Mapping):
@@ -115,8 +141,9 @@ class VaultGates(Mapping):
 
 
 def train_scorer(cfg: "SimulationConfig", plan: ScorerPlan, devices: Sequence["SimDevice"], labels: Sequence[str],
-                 on_round=None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """The federated scorer run over every device (its own vault gate each). Returns (weights, epsilon per device)."""
+                 on_round=None) -> ScorerOutcome:
+    """The federated scorer run over every device (its own vault gate each), then the usefulness check."""
+    from federation.habit_check import run_check
     from federation.habit_round import run_scorer_federation
     from personal.habits import ScorerShape, initial_weights, training_batch
 
@@ -124,35 +151,38 @@ def train_scorer(cfg: "SimulationConfig", plan: ScorerPlan, devices: Sequence["S
     batches = {d.user: training_batch(d.habit_train, shape) for d in devices}
     gates = VaultGates(devices)
     try:
-        return run_scorer_federation(initial_weights(shape), batches, plan.config, plan.run,
-                                     np.random.default_rng([cfg.seed, 1]), gates, on_round)
+        weights, _ = run_scorer_federation(initial_weights(shape), batches, plan.config, plan.run,
+                                           np.random.default_rng([cfg.seed, 1]), gates, on_round)
+        check, spent = run_check({d.user: d.habit_train for d in devices}, labels, weights, plan.check_config,
+                                 plan.check_run, np.random.default_rng([cfg.seed, 2]), gates)
     finally:
         gates.close()
+    return ScorerOutcome(weights, check, spent)
 
 
-def store_weights(devices: Sequence["SimDevice"], weights: dict[str, np.ndarray], labels: Sequence[str],
-                  spent: dict[str, float], run: str) -> None:
-    """Each device keeps the scorer's final shared weights in its vault (what `suggest --habits` reads)."""
+def store_weights(devices: Sequence["SimDevice"], outcome: ScorerOutcome, labels: Sequence[str], run: str) -> None:
+    """Each device keeps the scorer's final shared weights and the check's verdict in its vault (what
+    `suggest` reads: it ranks with the weights only if the check kept them)."""
     import math
 
     from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, weights_to_bytes
 
-    data = weights_to_bytes(weights, labels)
+    data = weights_to_bytes(outcome.weights, labels)
     for d in devices:
-        eps = spent.get(d.user)
+        eps = outcome.spent.get(d.user)
         with d.open_gate() as (vault, _gate):
             vault.put_artefact(d.user, ARTEFACT_KIND, ARTEFACT_NAME, data,
-                               {"run": run, "epsilon": eps if eps is not None and math.isfinite(eps) else None})
+                               {"run": run, "epsilon": eps if eps is not None and math.isfinite(eps) else None,
+                                "check": outcome.check.to_json()})
 
 
 def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np.ndarray] | None,
                     own: str = OWN_COUNTS) -> np.ndarray:
     """(held-out queries, labels) log-probabilities of the habit predictor, computed on the device.
 
-    With the federation's shared `weights` (over `labels`, the shared vocabulary): the scorer, unless
-    the device has at most FEW_EVENTS training events or its own counts did better on the last 20%
-    of them (`prefers_scorer`: a small or very noisy federation must not make a device worse than
-    counting). Without weights, or when counting won: its own counts (`own`: "best_counting", the per-owner choice of
+    With the federation's shared `weights` (over `labels`, the shared vocabulary; None unless the
+    usefulness check kept them): the scorer, unless the device has at most FEW_EVENTS training
+    events. Otherwise its own counts (`own`: "best_counting", the per-owner choice of
     personal.evaluate, or "mix", the smoothed mix). A label a predictor cannot score gets its floor.
     """
     return owner_log_probs(d.habit_train, d.habit_queries, labels, weights, own)

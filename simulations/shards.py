@@ -109,6 +109,7 @@ class DeviceShard:
         self.devices: dict[str, SimDevice] = {}
         self.adapters: dict = {}  # local mode: each device's own adapter between rounds
         self.scorer_weights: dict | None = None
+        self.scorer_done = False  # the engine has handed over the scorer's outcome (weights, or None: not kept)
         self.encode_s = 0.0
 
     def ready(self) -> bool:
@@ -126,8 +127,9 @@ class DeviceShard:
         self.devices.update({d.user: d for d in devices})
 
     def set_scorer(self, weights: dict | None) -> None:
-        """The habit scorer's shared weights (federated), once the engine has learnt them."""
-        self.scorer_weights = weights
+        """The habit scorer's shared weights (federated) once the engine has learnt them; None when
+        the usefulness check did not keep them (every device then uses its own counts)."""
+        self.scorer_weights, self.scorer_done = weights, True
 
     def encode(self, groups: Sequence[Sequence[str]]) -> None:
         """Encode each group's devices' train and test texts through the frozen layers, one batch set
@@ -257,7 +259,7 @@ class DeviceShard:
         if (probs is None and self.cfg.trains_lora) or not test or len(d.habit_queries) != len(test):
             return None
         runs_scorer = self.cfg.mode == "federated" and self.cfg.habit_scorer and self.cfg.predictor != "lora"
-        if runs_scorer and self.scorer_weights is None:
+        if runs_scorer and not self.scorer_done:
             return None  # the scorer has not run (an engine driven without train_scorer)
         habit = habit_log_probs(d, labels, self.scorer_weights if runs_scorer else None)
         return predictor_hits(habit, probs, labels, [e.label for e in test], self.cfg.combine_weight)

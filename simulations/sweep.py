@@ -161,6 +161,7 @@ def run_row(mode: str, eps: Optional[float], res: dict) -> dict:
         "status": res.get("status"), "rounds": cfg.get("rounds"), "devices_per_round": cfg.get("devices_per_round"),
         "top1": final.get("top1"), "top5": final.get("top5"), "global_top1": final.get("global_top1"),
         "predictor": cfg.get("predictor", "lora"), "scorer_rounds": cfg.get("scorer_rounds"),
+        "scorer_kept": ((res.get("habit_scorer") or {}).get("check") or {}).get("kept"),
         **{f"{name}_top{k}": final.get(f"{name}_top{k}") for name in ("habit", "lora", "combined") for k in (1, 5)},
         "epsilon_spent_max": max(spent) if spent else final.get("epsilon_max"),
         "epsilon_spent_median": final.get("epsilon_median"),
@@ -193,6 +194,8 @@ def rounds_cell(r: dict) -> str:
     """The rounds that ran: the scorer's DP-FedAvg rounds for `habit` (no LoRA round runs), none locally."""
     if r.get("predictor") == "habit":
         cell = "– (nothing trained)" if r["mode"] == "local" else f"{r.get('scorer_rounds')} scorer rounds"
+        if r.get("scorer_kept") is not None:
+            cell += ", check: kept" if r["scorer_kept"] else ", check: not kept (own counts)"
     else:
         cell = f"{r['rounds']}" + (f" × {r['devices_per_round']} devices" if r["devices_per_round"] else "")
     return cell if r["status"] == "complete" else f"{cell} ({r['status']})"

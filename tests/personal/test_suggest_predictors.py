@@ -47,16 +47,20 @@ def _vault(path: Path) -> Path:
 
 
 def _store_shared(v: Vault, profile: str, bias: dict[str, float], vocab=SHARED, epsilon: float | None = 1.0,
-                  hour: float | None = None) -> None:
+                  hour: float | None = None, kept: bool | None = None) -> None:
     """A federation's shared scorer weights in the vault: most-frequent weights plus a bias per shared event
-    (with `hour`: that weight on the hour-of-day share instead, which ranks ana's routine well)."""
+    (with `hour`: that weight on the hour-of-day share instead, which ranks ana's routine well) and,
+    with `kept`, the federation's usefulness-check verdict stored beside them."""
     w = initial_weights(ScorerShape(vocab))
     if hour is not None:
         w["w"][:] = 0.0
         w["w"][FEATURES.index("log_share_hour")] = hour
     for name, b in bias.items():
         w["b"][vocab.index(name)] = b
-    v.put_artefact(profile, ARTEFACT_KIND, ARTEFACT_NAME, weights_to_bytes(w, vocab), {"run": "t", "epsilon": epsilon})
+    meta = {"run": "t", "epsilon": epsilon}
+    if kept is not None:
+        meta["check"] = {"noised_sum": 9.0 if kept else -3.0, "threshold": 2.0, "devices": 500, "kept": kept}
+    v.put_artefact(profile, ARTEFACT_KIND, ARTEFACT_NAME, weights_to_bytes(w, vocab), meta)
 
 
 def _homebody(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -118,18 +122,21 @@ def test_stored_shared_weights_rank_by_default_and_name_their_epsilon(tmp_path, 
     assert shared.items[0][0] == "Gym" and "Museum" in dict(shared.items)  # the shared vocabulary is ranked too
     assert shared.items != own.items
     assert shared.predictor == "habit" and "user-level ε 1.00" in shared.privacy
-    assert "did at least as well as your own counts" in shared.privacy and "never left this device" in shared.privacy
+    assert "found them better than counting on its population" in shared.privacy and "never left this device" in shared.privacy
 
 
-def test_shared_weights_worse_than_own_counts_on_the_owners_events_are_not_used(tmp_path, base):
-    """Issue 14: suggest applies the simulations' floor rule (before it, Museum came first here)."""
+def test_shared_weights_the_federations_check_did_not_keep_are_not_used(tmp_path, base):
+    """Issue 14: the population's usefulness check decides (before it, Museum came first here)."""
     with Vault.open(_vault(tmp_path / "v.db"), PASS) as v:
         own = suggest_with(v, "ana", base, MON_7, k=7)
-        _store_shared(v, "ana", {"Museum": 12.0})  # most-frequent weights that push a never-seen event first
+        _store_shared(v, "ana", {"Museum": 12.0}, kept=False)  # most-frequent weights that push a never-seen event first
         shared = suggest_with(v, "ana", base, MON_7, k=7)
+        _store_shared(v, "ana", {"Museum": 12.0}, kept=True)
+        kept = suggest_with(v, "ana", base, MON_7, k=7)
     assert shared.items == own.items and shared.items[0][0] == "Gym"
     assert shared.privacy.startswith("own habit counts on this device (counting predictor mix")
-    assert "they did better than the shared weights (user-level ε 1.00)" in shared.privacy
+    assert "usefulness check did not find the shared weights (user-level ε 1.00) better than counting" in shared.privacy
+    assert kept.items[0][0] == "Museum"  # kept: the device ranks with what the federation learnt
 
 
 def test_cold_start_uses_its_own_counts_even_with_shared_weights(tmp_path, base):
@@ -146,7 +153,7 @@ def test_cold_start_uses_its_own_counts_even_with_shared_weights(tmp_path, base)
     # at most FEW_EVENTS events: too few to check the shared weights on, so the owner's own counts
     # (as in the simulations; before issue 14 item 3 suggest ranked the shared vocabulary here)
     assert shared.items == alone.items
-    assert "only 2 events (≤ 16): the shared weights (user-level ε 1.00) are not checked" in shared.privacy
+    assert "only 2 events (≤ 16): the shared weights (user-level ε 1.00) are not used" in shared.privacy
 
 
 def test_shared_weights_of_another_population_are_refused(tmp_path, base, monkeypatch, capsys):

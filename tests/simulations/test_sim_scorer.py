@@ -3,6 +3,8 @@ LoRA rounds on every device's ledger, own counts in local mode, and the numbers 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import sqlite_utils
 import pytest
 
@@ -34,12 +36,15 @@ def test_federated_ledgers_compose_the_scorer_and_the_lora_rounds_within_the_tar
     res = run_simulation(cfg)
     split = res["privacy"]["budget_split"]
     scorer = res["habit_scorer"]
-    # the scorer took its stated share, the LoRA noise was calibrated after it: composed <= target
+    # the scorer and its usefulness check took their stated share, the LoRA noise was calibrated
+    # after them: composed <= target
     scorer_mech = SubsampledGaussian(scorer["noise_multiplier"], 3 / 5, 6)
-    assert split["habit_scorer"] == pytest.approx(compute_epsilon([scorer_mech], 1e-5, "rdp"))
+    check_mech = SubsampledGaussian(scorer["check_noise_multiplier"], 1.0, 1)
+    assert split["habit_scorer"] == pytest.approx(compute_epsilon([scorer_mech, check_mech], 1e-5, "rdp"))
     assert split["habit_scorer"] <= 0.5 * eps
+    assert compute_epsilon([scorer_mech], 1e-5, "rdp") <= 0.9 * 0.5 * eps  # the check's 10% left for it
     lora_mech = SubsampledGaussian(res["privacy"]["noise_multiplier"], 1.0, 2)
-    total = compute_epsilon([scorer_mech, lora_mech], 1e-5, "rdp")
+    total = compute_epsilon([scorer_mech, check_mech, lora_mech], 1e-5, "rdp")
     assert split["total"] == pytest.approx(total) and total <= eps
     assert compute_epsilon([lora_mech], 1e-5, "rdp") > split["habit_scorer"]  # the LoRA rounds got the rest, not all of it
     ledgers = _user_records(tmp_path / "vaults")
@@ -47,7 +52,9 @@ def test_federated_ledgers_compose_the_scorer_and_the_lora_rounds_within_the_tar
     for records, problems in ledgers:
         assert problems == []
         runs = {r.details["run"] for r in records}
-        assert any(run.endswith("-habit-scorer") for run in runs) and len(runs) == 2
+        assert any(run.endswith("-habit-scorer") for run in runs) and len(runs) == 3
+        [check] = [r for r in records if r.details["run"].endswith("-habit-check")]
+        assert check.release() == check_mech and check.details["model"] == "habit-scorer-check"
         scorer_steps = sum(r.release().steps for r in records if r.details["run"].endswith("-habit-scorer"))
         assert scorer_steps == 6  # every scorer round charged, sampled or not
         assert all(r.details.get("model") == "habit-scorer" for r in records
@@ -136,18 +143,23 @@ def test_a_federated_device_keeps_the_shared_weights_and_suggest_uses_them(tmp_p
     devices = prepare_devices(pop, tmp_path / "vaults", max_events=50)
     cfg = SimulationConfig(**{**SMALL, "devices": 4}, scorer_rounds=3)
     plan = scorer_plan(cfg, 4, "run-x")
-    weights, spent = train_scorer(cfg, plan, devices, pop.labels())
-    store_weights(devices, weights, pop.labels(), spent, plan.run.run)
+    outcome = train_scorer(cfg, plan, devices, pop.labels())
+    spent = outcome.spent
+    # kept or not (4 devices: the check cannot tell), the device stores the weights and the verdict;
+    # here the verdict is set to "kept" to check that suggest then ranks with the stored weights
+    kept = replace(outcome, check=replace(outcome.check, kept=True))
+    store_weights(devices, kept, pop.labels(), plan.run.run)
     d = devices[0]
     with Vault.open(d.vault_path, d.passphrase) as vault:
         data, meta = vault.get_artefact(d.user, ARTEFACT_KIND, ARTEFACT_NAME)
         stored, vocab = weights_from_bytes(data)
         assert vocab == tuple(pop.labels()) and meta["epsilon"] == pytest.approx(spent[d.user]) and meta["run"] == "run-x-habit-scorer"
+        assert meta["check"] == kept.check.to_json()
         at = d.habit_queries[0].target.timestamp
         out = suggest_from_counts(vault, d.user, at, k=3)
         expected = suggest_from_habits(history_before(vault.events(d.user), at), at, stored, vocab, k=3)
-    # the scorer did at least as well as the device's own counts on its events, so suggest ranks with it
-    # (the same softmax, computed via log-probabilities: equal up to rounding)
+    # the check kept the scorer, so suggest ranks with it (the same softmax, computed via
+    # log-probabilities: equal up to rounding)
     assert [n for n, _ in out.items] == [n for n, _ in expected] and "federated habit scorer" in out.privacy
     assert [p for _, p in out.items] == pytest.approx([p for _, p in expected], rel=1e-12)
     for bad in (b"not json", data.replace(b'"w"', b'"x"'), data.replace(b"log_share", b"other")):
