@@ -57,8 +57,8 @@ def test_a_device_sends_one_clipped_noised_gain_and_its_ledger_records_it(tmp_pa
     assert set(res.wire.arrays) == {"gain"} and res.wire.arrays["gain"].shape == (1,)
     assert set(res.wire.header) <= {"round", "device_id", "clip_norm", "sigma", "encoding"}
     assert not any(name in str(res.wire.header) for name in LABELS)
-    assert seen["clipped"]["gain"][0] == pytest.approx(gain)  # |gain| < CHECK_CLIP: unclipped
-    noise = float(res.wire.arrays["gain"][0]) - gain
+    assert seen["clipped"]["gain"][0] == pytest.approx(max(gain, -CHECK_CLIP))  # clipped to the check's bound
+    noise = float(res.wire.arrays["gain"][0]) - max(gain, -CHECK_CLIP)
     assert noise != 0.0 and abs(noise) < 6 * 2.0 * CHECK_CLIP
     [record] = gate.ledger.records("u", "user")
     assert record.details["model"] == "habit-scorer-check" and record.details["run"] == "r-check"
@@ -74,8 +74,8 @@ def test_a_gain_beyond_the_bound_is_clipped_to_it():
 
     config = check_config(noise_multiplier=0.0, devices=1, delta=1e-5)
     sent = [float(release({"gain": np.array([g], np.float32)}, {"gain": (1,)}, config, DeviceRound("u", 1),
-                          "habit-scorer-check", 1).update.arrays["gain"][0]) for g in (1.0, -1.0, 0.1)]
-    assert sent == [pytest.approx(CHECK_CLIP), pytest.approx(-CHECK_CLIP), pytest.approx(0.1)]
+                          "habit-scorer-check", 1).update.arrays["gain"][0]) for g in (1.0, -1.0, 0.05)]
+    assert sent == [pytest.approx(CHECK_CLIP), pytest.approx(-CHECK_CLIP), pytest.approx(0.05)]
 
 
 def test_where_counting_wins_the_population_does_not_keep_the_scorer_and_ledgers_add_up(tmp_path):
@@ -85,7 +85,8 @@ def test_where_counting_wins_the_population_does_not_keep_the_scorer_and_ledgers
     weights = initial_weights(ScorerShape(LABELS))
     exact, _ = run_check(trains, LABELS, weights, check_config(0.0, 30, 1e-5), CheckRun(noise_seed=1),
                          np.random.default_rng(0))
-    assert exact.noised_sum == pytest.approx(30 * (-1 / 6), abs=1e-5) and exact.threshold == 0.0 and not exact.kept
+    assert exact.noised_sum == pytest.approx(30 * max(-1 / 6, -CHECK_CLIP), abs=1e-5)
+    assert exact.threshold == 0.0 and not exact.kept
     prior = (SubsampledGaussian(scorer_noise(0.9, 15, 30, 20, 1e-5), 0.5, 20),)  # 90% of epsilon 1, as scorer_plan splits it
     sigma = check_noise(1.0, 1e-5, prior)
     gates = {u: gate_for(tmp_path, u, cap=1.0) for u in trains}
@@ -125,5 +126,5 @@ def test_where_the_scorer_wins_a_large_enough_population_keeps_it_and_a_small_on
     few = dict(list(trains.items())[:4])
     small, _ = run_check(few, pop.labels(), weights, check_config(sigma, 4, 1e-5), CheckRun(noise_seed=3),
                          np.random.default_rng(0))
-    assert small.devices == 4 and not small.kept  # 4 x CHECK_CLIP = 1.0 is below 3 noise standard deviations
+    assert small.devices == 4 and not small.kept  # 4 x CHECK_CLIP is below 3 noise standard deviations
     assert 4 * CHECK_CLIP < small.threshold
