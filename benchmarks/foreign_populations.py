@@ -284,7 +284,8 @@ def result_row(mode: str, eps: float, res: dict) -> dict:
             "labels": res["population"]["labels"], "held_out_events": held_out,
             "baselines": base, **{f"{p}_top1": row.get(f"{p}_top1") for p in PREDICTORS},
             "gap": gaps, "within_tolerance": {p: g >= -TOLERANCE for p, g in gaps.items()},
-            "epsilon_spent_max": row["epsilon_spent_max"], "wall_s": row["wall_s"]}
+            "epsilon_spent_max": row["epsilon_spent_max"], "wall_s": row["wall_s"],
+            "predictor": row.get("predictor"), "scorer_kept": row.get("scorer_kept")}
 
 
 GENERATOR_FROZEN_AT = "8e9b8ab"  # the commit that froze the generator, before any model ran on its files
@@ -307,6 +308,8 @@ def _num(value: float | None) -> str:
 
 def markdown(table: dict) -> str:
     """The comparison as Markdown: one row per (population, configuration)."""
+    from simulations.sweep import run_name
+
     base_keys = ("most_frequent", "markov", "hour", "slot", "mix", "best_counting")
     lines = [f"Foreign populations (generator {table['generator_commit']}), {table['devices']} devices per file, "
              f"last {table['max_events']} events each; macro top-1 on each device's held-out last 20%.", "",
@@ -316,7 +319,9 @@ def markdown(table: dict) -> str:
              "|---|---|---|" + "---|" * (len(base_keys) + 6)]
     for pop in table["populations"]:
         for r in pop["runs"]:
-            run = f"{'federated + local' if r['mode'] == 'federated' else 'local only'} ε={r['epsilon']:g} ({r['unit']})"
+            run = f"{run_name(r['mode'], r.get('predictor') or 'habit')} ε={r['epsilon']:g} ({r['unit']})"
+            if r.get("scorer_kept") is not None:
+                run += ", scorer kept" if r["scorer_kept"] else ", scorer not kept"
             gaps = [f"{r['gap'][p]:+.3f}" + ("" if r["within_tolerance"][p] else " ✗") if p in r["gap"] else "–"
                     for p in PREDICTORS]
             lines.append(f"| {pop['name']} | {run} | {_num(r['epsilon_spent_max'])} | "

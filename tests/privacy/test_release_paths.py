@@ -55,7 +55,8 @@ ALLOWED = {
     },
     "build_update": {
         "federation/device.py:train_round": "the device round itself: check before, commit after",
-        "federation/habit_round.py:train_scorer_round": "the habit scorer's device round: check before, commit after",
+        "federation/habit_round.py:release": "the numpy device release (habit scorer rounds, usefulness check): "
+                                              "the gate's check (admit_round) before, commit after",
         "federation/canary.py:updates": "audit canary clients: random directions with no owner data, sent "
                                         "noise-free on purpose (they are the probe, not a release)",
     },
@@ -79,7 +80,7 @@ ALLOWED = {
         "personal/personalize.py:personalize": "the single-device release path",
         "federation/device.py:train_round": "the device round",
         "federation/device.py:settle_run": "charges the rounds a device sat out at the end of a run",
-        "federation/habit_round.py:train_scorer_round": "the habit scorer's device round (user level)",
+        "federation/habit_round.py:release": "the habit scorer's rounds and its usefulness check (user level)",
         "simulations/shards.py:train": "simulation: non-private comparison runs (epsilon = inf)",
         "simulations/shards.py:_local_train": "simulation's local mode",
     },

@@ -54,8 +54,9 @@ def test_demo_code_path_writes_results_plots_and_report(monkeypatch, capsys, tmp
         db = sqlite_utils.Database(path)
         try:
             records = Ledger(db).records(unit="user")
-            # the habit scorer's DP-FedAvg run (its own run id) only: no LoRA round was charged
-            assert records and all(r.details.get("run", "").endswith("-habit-scorer") for r in records)
+            # the habit scorer's DP-FedAvg run and its usefulness check (their own run ids) only: no LoRA round was charged
+            assert records and all(r.details.get("run", "").endswith(("-habit-scorer", "-habit-check")) for r in records)
+            assert sum(r.details["run"].endswith("-habit-check") for r in records) == 1
             assert Ledger(db).verify() == []
             assert db.execute("select value from meta where key = 'kdf_fast'").fetchone()[0] == "1"
         finally:
