@@ -46,7 +46,7 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
@@ -236,6 +236,7 @@ CONFIGS = (("federated", 8.0), ("federated", 1.0), ("local", 8.0))  # (mode, ε)
 PREDICTORS = ("habit", "combined", "lora")  # habit is homebody's default --predictor; the others train only on request
 TOLERANCE = 0.01  # acceptance 3: never more than this below best counting
 TABLE_MD, TABLE_JSON = "foreign_table.md", "foreign_table.json"
+DRAW_STEP = 1000  # --draw K adds K * DRAW_STEP to every population's seed
 
 
 def run_population(path: Path, out: Path, devices: int | None, max_events: int | None,
@@ -311,7 +312,8 @@ def markdown(table: dict) -> str:
     from simulations.sweep import run_name
 
     base_keys = ("most_frequent", "markov", "hour", "slot", "mix", "best_counting")
-    lines = [f"Foreign populations (generator {table['generator_commit']}), {table['devices']} devices per file, "
+    draw = f", draw {table['draw']} (seeds + {table['draw'] * DRAW_STEP})" if table.get("draw") else ""
+    lines = [f"Foreign populations (generator {table['generator_commit']}{draw}), {table['devices']} devices per file, "
              f"last {table['max_events']} events each; macro top-1 on each device's held-out last 20%.", "",
              *(f"- {p['file']}: sha256 {p['sha256'][:16]}…" for p in table["populations"] if p.get("sha256")), "",
              "| population | run | ε spent (max) | " + " | ".join(base_keys).replace("_", " ")
@@ -334,12 +336,13 @@ def markdown(table: dict) -> str:
 def compare(args: argparse.Namespace) -> dict:
     """Generate the files (fixed seeds), run every configuration on each, write the table."""
     out = Path(args.out)
-    specs = [s for s in SPECS if not args.populations or s.name in args.populations]
+    # --draw K: the same habit models with other seeds (K x DRAW_STEP added to each): fresh owners
+    specs = [replace(s, seed=s.seed + DRAW_STEP * args.draw) for s in SPECS if not args.populations or s.name in args.populations]
     paths = generate(out / "data", specs)
     if args.generate_only:
         return {"files": {k: str(v) for k, v in paths.items()}}
     table = {"generator_commit": generator_commit(), "generator_frozen_at": GENERATOR_FROZEN_AT,
-             "devices": args.devices, "max_events": args.max_events,
+             "devices": args.devices, "max_events": args.max_events, "draw": args.draw,
              "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_start": os.getloadavg(),
              "populations": []}
     t0 = time.perf_counter()
@@ -361,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-events", type=int, default=80, help="most recent events kept per device")
     p.add_argument("--populations", nargs="*", choices=[s.name for s in SPECS], help="a subset (default: all)")
     p.add_argument("--generate-only", action="store_true", help="write the files, run nothing")
+    p.add_argument("--draw", type=int, default=0,
+                   help="0: the frozen files; K > 0: the same generator with every seed + K x 1000 (fresh owners)")
     args = p.parse_args(argv)
     table = compare(args)
     if args.generate_only:
