@@ -55,7 +55,8 @@ class RecordingMod:
 
         reply = call_next(msg, context)
         Path(self.folder).mkdir(parents=True, exist_ok=True)
-        stem = Path(self.folder) / f"{msg.metadata.message_type}-node{context.node_id}-{uuid.uuid4().hex[:8]}"
+        kind = msg.metadata.message_type.replace(".", "_")  # "train.habit_scorer": no dot, or with_suffix would cut it
+        stem = Path(self.folder) / f"{kind}-node{context.node_id}-{uuid.uuid4().hex[:8]}"
         if reply.has_error():
             stem.with_suffix(".error.json").write_text(json.dumps({"reason": reply.error.reason}))
             return reply
@@ -72,7 +73,8 @@ class RecordingMod:
 
 def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: AuditWriter | None = None,
                     train_mods: Sequence[Callable] = ()):
-    """The ClientApp: train -> `federation.device.train_round`, evaluate -> `evaluate_device`.
+    """The ClientApp: train -> `federation.device.train_round`, evaluate -> `evaluate_device`, and the
+    habit scorer's handlers (`federation.habit_clientapp`, for run config model "habit-scorer").
 
     `record_dir` adds a RecordingMod (outermost: it sees exactly what leaves the device);
     `train_mods` are extra Flower mods on train only (Flower's DP mods break evaluate replies).
@@ -81,6 +83,7 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
     from flwr.clientapp import ClientApp
 
     from federation import device as dev
+    from federation.habit_clientapp import add_scorer_handlers
 
     mods = [RecordingMod(record_dir)] if record_dir else []
     app = ClientApp()
@@ -127,6 +130,7 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
             handle.close()
         return Message(RecordDict({"metrics": MetricRecord(metrics), "header": ConfigRecord({"device_id": handle.device_id})}), reply_to=msg)
 
+    add_scorer_handlers(app, source, mods)  # model "habit-scorer": federation.habit_clientapp
     return app
 
 

@@ -99,6 +99,12 @@ class ScorerServer:
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @classmethod
+    def for_run(cls, weights: Mapping[str, np.ndarray], config: FederationConfig, run: "ScorerRun") -> "ScorerServer":
+        """The server of one scorer run: a copy of the starting `weights`, the run's server optimizer."""
+        return cls({k: np.asarray(v, np.float32).copy() for k, v in weights.items()}, config, lr=run.server_lr,
+                   optimizer=run.server_optimizer, eps=run.server_eps)
+
     def aggregate(self, updates: list[Arrays], cohort_size: int, rng: np.random.Generator) -> None:
         """Sum the (checked) updates, average over the cohort size, one server step with minus the mean as gradient.
 
@@ -162,8 +168,7 @@ def run_scorer_federation(
     from federation.device import DeviceDeclined, noise_rng
 
     users = sorted(batches)
-    server = ScorerServer({k: np.asarray(v, np.float32).copy() for k, v in weights.items()}, config, lr=run.server_lr,
-                          optimizer=run.server_optimizer, eps=run.server_eps)
+    server = ScorerServer.for_run(weights, config, run)
     k = min(run.cohort, len(users))
     q = k / len(users)
     spec = spec_of(server.weights)
