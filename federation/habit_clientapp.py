@@ -84,7 +84,7 @@ def _reply(msg: "Message", context: "Context", source: DeviceSource, work: Calla
     (and nothing else: no metrics, no statistic), or decline with one reason."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    from federation.clientapp import _decline_reason
+    from federation.device import decline_reason
 
     handle = source.open(context)
     try:
@@ -95,7 +95,7 @@ def _reply(msg: "Message", context: "Context", source: DeviceSource, work: Calla
         try:
             result = work(msg, context, handle)
         except HomebodyError as exc:  # budget spent, no events...: decline and say why
-            reason = _decline_reason(exc, handle.device_id, rnd)
+            reason = decline_reason(exc, handle.device_id, rnd)
             return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": reason})}),
                            reply_to=msg)
     finally:
