@@ -196,9 +196,14 @@ def run_scorer_federation(
     return server.weights, _settle_all(users, gates, config, run, q, last_sha, declined)
 
 
-def draw_cohort(rng: np.random.Generator, devices: int, size: int) -> list[int]:
-    """A round's cohort: `size` distinct indices of the (sorted) devices, drawn uniformly."""
-    return [int(i) for i in sorted(rng.choice(devices, size=size, replace=False))]
+def draw_cohort(rng, devices: int, size: int) -> list[int]:
+    """A round's cohort: `size` distinct indices of the (sorted) devices, drawn uniformly by `rng`
+    (a seeded numpy generator in simulations; the OS CSPRNG, `SecureGenerator`, otherwise)."""
+    if hasattr(rng, "choice"):
+        return [int(i) for i in sorted(rng.choice(devices, size=size, replace=False))]
+    import random
+
+    return sorted(random.SystemRandom().sample(range(devices), size))
 
 
 def _settle_all(users, gates, config: FederationConfig, run: ScorerRun, q: float, last_sha: dict[str, str],

@@ -17,7 +17,7 @@ run's user-level epsilon, so the stated epsilon is theirs / (1 - CHECK_SHARE) an
 calibrated for the rest (`check_noise`, as the fast engine's `scorer_plan`; RDP accountant, as the
 simulations' gates). Randomness: with `config.seed` (simulations) the server's cohorts and central
 noise follow `numpy.random.default_rng([seed, 1])` (scorer) and `[seed, 2]` (check), as in the fast
-engine; without it cohorts are drawn from OS entropy and central noise from the OS CSPRNG.
+engine; without it both come from the OS CSPRNG.
 """
 
 from __future__ import annotations
@@ -115,14 +115,13 @@ def run_scorer_flower(grid: Any, config: FederationConfig, labels: Sequence[str]
     return out
 
 
-def _rngs(seed: int | None, stream: int) -> tuple[np.random.Generator, Any]:
-    """(cohort generator, noise source): one seeded generator for both (as the fast engine), else OS entropy."""
-    from privacy.randomness import SecureGenerator
+def _rngs(seed: int | None, stream: int) -> tuple[Any, Any]:
+    """(cohort generator, noise source): one seeded numpy generator for both with a seed (as the fast
+    engine), else the OS CSPRNG for both (`privacy.randomness.noise_source`)."""
+    from privacy.randomness import noise_source
 
-    if seed is not None:
-        rng = np.random.default_rng([seed, stream])
-        return rng, rng
-    return np.random.default_rng(), SecureGenerator()
+    rng = noise_source(None if seed is None else [seed, stream])
+    return rng, rng
 
 
 def _send(grid: Any, nodes: dict[str, int], kind: str, contents: dict[str, Any], timeout: float) -> dict[str, "Message"]:

@@ -163,3 +163,13 @@ def test_model_setting_is_checked():
     with pytest.raises(FederationConfigError, match="model must be one of"):
         FederationConfig.from_record({"model": "transformer"})
     assert FederationConfig.from_record({"model": "habit-scorer"}).model == "habit-scorer"
+
+
+def test_unseeded_cohorts_come_from_the_os_csprng():
+    """Without a seed the server draws cohorts with the OS CSPRNG: distinct, sorted, in range."""
+    from federation.habit_round import draw_cohort
+    from privacy.randomness import SecureGenerator
+
+    draws = [draw_cohort(SecureGenerator(), 10, 4) for _ in range(20)]
+    assert all(len(set(d)) == 4 and d == sorted(d) and 0 <= d[0] and d[-1] < 10 for d in draws)
+    assert len({tuple(d) for d in draws}) > 1
