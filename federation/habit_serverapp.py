@@ -105,6 +105,9 @@ def run_scorer_flower(grid: Any, config: FederationConfig, labels: Sequence[str]
     out.weights = server.weights
     check_cfg, out.epsilon = check_plan(config, len(users), q)
     out.check_noise_multiplier = check_cfg.noise_multiplier
+    _log(logging.INFO, "habit scorer: %d rounds at q=%.3f, sigma %g; check sigma %g; stated user-level epsilon %s (RDP)",
+         config.rounds, q, config.noise_multiplier, check_cfg.noise_multiplier,
+         "non-private" if out.epsilon is None else f"{out.epsilon:.3f}")
     scorer = config.to_record() | {"sample-rate": q}
     extra = {u: {"sample-rate": 1.0, "labels": list(labels), "server-round": 1, "device-index": i,
                  "scorer": scorer | {"declined": u in out.declined}} for i, u in enumerate(users)}
