@@ -86,6 +86,9 @@ def run_scorer_flower(grid: Any, config: FederationConfig, labels: Sequence[str]
     from federation.habit_round import ScorerRun, ScorerServer, draw_cohort
     from personal.habits import ScorerShape, initial_weights
 
+    if config.mode == "secagg":  # the message API has no secure sum: the server would see each 1/sqrt(k) share
+        raise FederationSetupError("the habit scorer on Flower runs in mode device or central; secagg runs only in the "
+                                   "fast engine (homebody simulate)")
     nodes = _hello(grid, config)
     users = sorted(nodes)
     k = scorer_cohort(config, len(users))

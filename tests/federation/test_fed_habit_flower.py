@@ -173,3 +173,12 @@ def test_unseeded_cohorts_come_from_the_os_csprng():
     draws = [draw_cohort(SecureGenerator(), 10, 4) for _ in range(20)]
     assert all(len(set(d)) == 4 and d == sorted(d) and 0 <= d[0] and d[-1] < 10 for d in draws)
     assert len({tuple(d) for d in draws}) > 1
+
+
+def test_secagg_mode_is_refused_before_any_message():
+    """Mode secagg would show the server each device's update with only its share of the noise."""
+    from federation.config import FederationSetupError
+    from federation.habit_serverapp import run_scorer_flower
+
+    with pytest.raises(FederationSetupError, match="secagg"):
+        run_scorer_flower(None, FederationConfig(model="habit-scorer", mode="secagg"), ACTIVITIES)
