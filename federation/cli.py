@@ -144,6 +144,10 @@ def run(
     min_devices: int = typer.Option(_FED.min_train_devices, help="Devices needed to start a round and to close it early."),
     straggler_grace: float = typer.Option(_FED.straggler_grace, help="Once --min-devices replied, the others get this "
                                           "fraction of the time taken so far (at least 5 s); 0 waits for all (or the timeout)."),
+    model: str = typer.Option(_FED.model, help="lora (the shared LoRA adapter) | habit-scorer (the habit scorer's "
+                              "shared weights, then the usefulness check; each device stores them for `suggest`)."),
+    local_lr: float = typer.Option(_FED.local_lr, help="Step size of a device's local steps (the simulations' habit "
+                                   "scorer runs use 1.0)."),
     home: Path = typer.Option(Path(".homebody-federation"), help=HOME_HELP),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP: tests on 127.0.0.1 only."),
     ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (PEM)."),
@@ -156,7 +160,7 @@ def run(
         raise FederateCliError("secagg mode runs on Flower's legacy API: see docs/federation.md (federation.secagg)")
     cfg = FederationConfig(rounds=rounds, noise_multiplier=noise_multiplier, clip_norm=clip_norm, encoding=encoding, mode=mode,
                            min_available_devices=min_devices, min_train_devices=min_devices, min_evaluate_devices=min_devices,
-                           straggler_grace=straggler_grace)
+                           straggler_grace=straggler_grace, model=model, local_lr=local_lr)
     home = _absolute(home)
     env = deploy.flower_env(home)
     deploy.write_connection(Path(env["FLWR_HOME"]), superlink, tls, insecure)
@@ -167,4 +171,4 @@ def run(
 
 
 _RUN_KEYS = ("rounds", "noise-multiplier", "clip-norm", "encoding", "mode", "min-available-devices", "min-train-devices",
-             "min-evaluate-devices", "straggler-grace")
+             "min-evaluate-devices", "straggler-grace", "model", "local-lr")

@@ -9,7 +9,6 @@ exchanges are described in `federation.wire`.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,6 @@ from privacy.errors import HomebodyError
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
-
-LOG = logging.getLogger("homebody.federation.flower")
 
 
 @dataclass
@@ -55,7 +52,8 @@ class RecordingMod:
 
         reply = call_next(msg, context)
         Path(self.folder).mkdir(parents=True, exist_ok=True)
-        stem = Path(self.folder) / f"{msg.metadata.message_type}-node{context.node_id}-{uuid.uuid4().hex[:8]}"
+        kind = msg.metadata.message_type.replace(".", "_")  # "train.habit_scorer": no dot, or with_suffix would cut it
+        stem = Path(self.folder) / f"{kind}-node{context.node_id}-{uuid.uuid4().hex[:8]}"
         if reply.has_error():
             stem.with_suffix(".error.json").write_text(json.dumps({"reason": reply.error.reason}))
             return reply
@@ -72,7 +70,8 @@ class RecordingMod:
 
 def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: AuditWriter | None = None,
                     train_mods: Sequence[Callable] = ()):
-    """The ClientApp: train -> `federation.device.train_round`, evaluate -> `evaluate_device`.
+    """The ClientApp: train -> `federation.device.train_round`, evaluate -> `evaluate_device`, and the
+    habit scorer's handlers (`federation.habit_clientapp`, for run config model "habit-scorer").
 
     `record_dir` adds a RecordingMod (outermost: it sees exactly what leaves the device);
     `train_mods` are extra Flower mods on train only (Flower's DP mods break evaluate replies).
@@ -81,6 +80,8 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
     from flwr.clientapp import ClientApp
 
     from federation import device as dev
+    from federation.device import decline_reason
+    from federation.habit_clientapp import add_scorer_handlers
 
     mods = [RecordingMod(record_dir)] if record_dir else []
     app = ClientApp()
@@ -108,7 +109,7 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
             try:
                 result = dev.train_round(base, adapter, handle.train, cfg, round_ctx)
             except HomebodyError as exc:  # budget spent, no usable events...: decline and say why
-                reason = _decline_reason(exc, handle.device_id, rnd)
+                reason = decline_reason(exc, handle.device_id, rnd)
                 return Message(RecordDict({"header": ConfigRecord({"device_id": handle.device_id, "declined": reason})}), reply_to=msg)
         finally:
             handle.close()
@@ -127,19 +128,8 @@ def make_client_app(source: DeviceSource, record_dir: str | None = None, audit: 
             handle.close()
         return Message(RecordDict({"metrics": MetricRecord(metrics), "header": ConfigRecord({"device_id": handle.device_id})}), reply_to=msg)
 
+    add_scorer_handlers(app, source, mods)  # model "habit-scorer": federation.habit_clientapp
     return app
-
-
-def _decline_reason(exc: HomebodyError, device_id: str, rnd: int) -> str:
-    """What the server is told when a device declines: DeviceDeclined's own reason (written to be
-    sent), else only the error's type. Other errors' wording may name the profile or a path,
-    so it is logged here, on the device, and not sent."""
-    from federation.device import DeviceDeclined
-
-    if isinstance(exc, DeviceDeclined):
-        return exc.reason
-    LOG.warning("round %d: device %s cannot train: %s", rnd, device_id, exc)
-    return f"device {device_id} declines round {rnd}: {type(exc).__name__}"
 
 
 client_app = make_client_app(VaultSource())

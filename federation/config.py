@@ -13,6 +13,7 @@ from privacy.errors import HomebodyError
 
 MODES = ("device", "secagg", "central")
 ENCODINGS = ("fp32", "fp16", "int8")
+MODELS = ("lora", "habit-scorer")
 
 
 class FederationConfigError(HomebodyError):
@@ -40,6 +41,8 @@ class FederationConfig:
       of the global adapters); False accounts q = 1 (valid against the server that picks cohorts).
     straggler_grace: once min_train_devices replied, the others get this fraction of the time
       taken so far (at least 5 s) before the round closes; 0 waits for all (or the timeout).
+    model: what the Flower apps federate: "lora" (the shared LoRA adapter) or "habit-scorer" (the
+      habit scorer's shared weights, then the usefulness check; `federation.habit_serverapp`).
     secagg_min_devices: mode b only: the fewest devices whose sum the server may see;
       each device adds noise sigma*C/sqrt(secagg_min_devices) so the sum carries sigma*C.
     """
@@ -70,6 +73,7 @@ class FederationConfig:
     secagg_num_shares: int = 3
     secagg_threshold: int = 2
     seed: int | None = None
+    model: str = "lora"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,6 +82,8 @@ class FederationConfig:
         """Raise FederationConfigError naming the first bad setting."""
         if self.mode not in MODES:
             raise FederationConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.model not in MODELS:
+            raise FederationConfigError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.encoding not in ENCODINGS:
             raise FederationConfigError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if not self.clip_norm > 0:

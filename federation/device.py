@@ -28,6 +28,7 @@ the released global adapters; against the server, which chose the cohort, set
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 USER = "user"
 MECHANISM = {"device": "dp-fedavg-device-noise", "secagg": "dp-fedavg-secagg-share", "central": "dp-fedavg-central"}
 DEVICE_ID_HEX = 16
+LOG = logging.getLogger("homebody.federation.flower")
 
 
 def device_identity(public_key) -> str:
@@ -236,6 +238,16 @@ def admit_round(device: DeviceRound, config: FederationConfig) -> tuple[bool, in
         check_rng(rng_kind(device.rng), device.gate.allow_seeded_noise)
         check_budget(device, mech)
     return private, charged, mech
+
+
+def decline_reason(exc: HomebodyError, device_id: str, rnd: int) -> str:
+    """What the server is told when a device declines: DeviceDeclined's own reason (written to be
+    sent), else only the error's type. Other errors' wording may name the profile or a path,
+    so it is logged here, on the device, and not sent."""
+    if isinstance(exc, DeviceDeclined):
+        return exc.reason
+    LOG.warning("round %d: device %s cannot train: %s", rnd, device_id, exc)
+    return f"device {device_id} declines round {rnd}: {type(exc).__name__}"
 
 
 def check_budget(device: DeviceRound, mech) -> None:

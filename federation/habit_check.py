@@ -117,9 +117,15 @@ def run_check(trains: Mapping[str, list], labels: Sequence[str], weights: Mappin
         check_update(res.update, SPEC, config.clip_norm, sigma=config.device_sigma)  # the server's own check
         total += float(res.update.arrays["gain"][0])
         reported += 1
+    spent = {u: float(gates[u].spent(u, "user")) for u in users} if gates else {}
+    return decide(total, reported, config, rng), spent
+
+
+def decide(total: float, reported: int, config: FederationConfig, rng: np.random.Generator) -> CheckResult:
+    """The server's verdict on the sum of `reported` checked reports: in "central" mode it first adds
+    the noise (from `rng`); KEPT if the noised sum exceeds THRESHOLD_STD * sigma * C."""
     std = config.noise_multiplier * config.clip_norm
     if config.mode == "central" and std > 0:
         total += float(rng.normal(0.0, std))
     threshold = THRESHOLD_STD * std
-    spent = {u: float(gates[u].spent(u, "user")) for u in users} if gates else {}
-    return CheckResult(total, threshold, reported, reported > 0 and total > threshold), spent
+    return CheckResult(total, threshold, reported, reported > 0 and total > threshold)

@@ -99,6 +99,12 @@ class ScorerServer:
     m: dict[str, np.ndarray] = field(default_factory=dict)
     v: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @classmethod
+    def for_run(cls, weights: Mapping[str, np.ndarray], config: FederationConfig, run: "ScorerRun") -> "ScorerServer":
+        """The server of one scorer run: a copy of the starting `weights`, the run's server optimizer."""
+        return cls({k: np.asarray(v, np.float32).copy() for k, v in weights.items()}, config, lr=run.server_lr,
+                   optimizer=run.server_optimizer, eps=run.server_eps)
+
     def aggregate(self, updates: list[Arrays], cohort_size: int, rng: np.random.Generator) -> None:
         """Sum the (checked) updates, average over the cohort size, one server step with minus the mean as gradient.
 
@@ -162,15 +168,14 @@ def run_scorer_federation(
     from federation.device import DeviceDeclined, noise_rng
 
     users = sorted(batches)
-    server = ScorerServer({k: np.asarray(v, np.float32).copy() for k, v in weights.items()}, config, lr=run.server_lr,
-                          optimizer=run.server_optimizer, eps=run.server_eps)
+    server = ScorerServer.for_run(weights, config, run)
     k = min(run.cohort, len(users))
     q = k / len(users)
     spec = spec_of(server.weights)
     last_sha: dict[str, str] = {}
     declined: set[str] = set()
     for r in range(1, run.rounds + 1):
-        cohort = sorted(rng.choice(len(users), size=k, replace=False))
+        cohort = draw_cohort(rng, len(users), k)
         updates = []
         for i in cohort:
             u = users[i]
@@ -191,18 +196,30 @@ def run_scorer_federation(
     return server.weights, _settle_all(users, gates, config, run, q, last_sha, declined)
 
 
+def draw_cohort(rng, devices: int, size: int) -> list[int]:
+    """A round's cohort: `size` distinct indices of the (sorted) devices, drawn uniformly by `rng`
+    (a seeded numpy generator in simulations; the OS CSPRNG, `SecureGenerator`, otherwise)."""
+    if hasattr(rng, "choice"):
+        return [int(i) for i in sorted(rng.choice(devices, size=size, replace=False))]
+    import random
+
+    return sorted(random.SystemRandom().sample(range(devices), size))
+
+
 def _settle_all(users, gates, config: FederationConfig, run: ScorerRun, q: float, last_sha: dict[str, str],
                 declined: set[str]) -> dict[str, float]:
     """Charge every device the rounds after its last participation (never one that declined, as the
     fast engine does); its user-level epsilon."""
     if not gates:
         return {}
-    out = {}
-    for u in users:
-        gate = gates[u]
-        if config.noise_multiplier > 0 and u not in declined:
-            out[u] = settle_run(gate, u, run.run, run.rounds, config, q, last_sha.get(u, "0" * 64),
-                                rng=OS_CSPRNG if run.noise_seed is None else SEEDED)
-        else:
-            out[u] = float(gate.spent(u, USER)) if u in last_sha else 0.0
-    return out
+    return {u: settle_scorer(gates[u], u, config, run, q, last_sha.get(u), u in declined) for u in users}
+
+
+def settle_scorer(gate: "ReleaseGate", profile: str, config: FederationConfig, run: ScorerRun, q: float,
+                  last_sha: str | None, declined: bool) -> float:
+    """One device's settlement of a scorer run (`settle_run`; nothing for a device that declined or
+    a non-private run). `last_sha`: the SHA-256 of its last update (None: never sampled). Its user-level epsilon."""
+    if config.noise_multiplier > 0 and not declined:
+        return settle_run(gate, profile, run.run, run.rounds, config, q, last_sha or "0" * 64,
+                          rng=OS_CSPRNG if run.noise_seed is None else SEEDED)
+    return float(gate.spent(profile, USER)) if last_sha is not None else 0.0

@@ -1,4 +1,5 @@
-"""The ServerApp (Flower 1.42 message API): build the initial adapter, run `HomebodyStrategy`.
+"""The ServerApp (Flower 1.42 message API): build the initial adapter, run `HomebodyStrategy`; with
+run config `model = "habit-scorer"`, the habit scorer's run instead (`federation.habit_serverapp`).
 
 `server_app` at module level is what `flwr run` loads (see [tool.flwr.app.components] in
 pyproject.toml); it reads its settings from the run config ([tool.flwr.app.config]).
@@ -28,7 +29,8 @@ class ServerSetup:
 
 
 def make_server_app(setup: ServerSetup | None = None, sink: list | None = None):
-    """The ServerApp. Without `setup` it reads the run config (`flwr run`); `sink` receives the history."""
+    """The ServerApp. Without `setup` it reads the run config (`flwr run`); `sink` receives the history
+    (a FederationHistory, or a habit_serverapp.ScorerHistory for model "habit-scorer")."""
     from flwr.serverapp import ServerApp
 
     from federation import device as dev
@@ -39,6 +41,13 @@ def make_server_app(setup: ServerSetup | None = None, sink: list | None = None):
     @app.main()
     def main(grid, context) -> None:
         chosen = setup or ServerSetup.from_run_config(dict(context.run_config))
+        if chosen.config.model == "habit-scorer":  # the habit scorer's shared weights instead of the adapter
+            from federation.habit_serverapp import run_scorer_flower
+
+            result = run_scorer_flower(grid, chosen.config, chosen.labels)
+            if sink is not None:
+                sink.append(result)
+            return
         base = dev.shared_base(chosen.config.base, chosen.config.lora_r)
         initial = dev.initial_adapter(base, chosen.labels, chosen.config)
         strategy = HomebodyStrategy(chosen.config, chosen.labels, base.weights_sha256, initial.tensors, chosen.config.seed)

@@ -10,11 +10,13 @@ from federation.clientapp import AuditWriter, make_client_app
 from federation.config import FederationConfig, FederationSetupError
 from federation.history import FederationHistory
 from federation.serverapp import ServerSetup, make_server_app
-from federation.sources import PopulationSource, SimDevice
+from federation.sources import PopulationSource, SimDevice, VaultPopulationSource, VaultRef
 from privacy.errors import HomebodyError
 
 if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
+
+    from federation.habit_serverapp import ScorerHistory
     from flwr.serverapp import ServerApp
 
 LOG = logging.getLogger("homebody.federation.flower")
@@ -43,6 +45,22 @@ def run_simulation(
     client = make_client_app(source, record_dir, AuditWriter(audit_dir) if audit_dir else None, train_mods)
     server = make_server_app(ServerSetup(config, list(labels)), sink)
     history = run_in_simulation(server, client, len(population), num_cpus, sink, ray_address)
+    if history is None:
+        raise FederationSetupError("the Flower simulation ended without a result (see the log above)")
+    return history
+
+
+def run_scorer_simulation(vaults: Sequence[VaultRef], config: FederationConfig, labels: Sequence[str], *,
+                          record_dir: str | None = None, num_cpus: int = 2) -> "ScorerHistory":
+    """The habit scorer's Flower run (`config.model` "habit-scorer") over real vaults, one virtual
+    SuperNode each (`VaultPopulationSource`: seeded noise allowed, as in every simulation).
+    Returns the server's ScorerHistory; each vault then holds the final weights and verdict."""
+    if config.model != "habit-scorer":
+        raise FederationSetupError(f"run_scorer_simulation runs model 'habit-scorer', the config says {config.model!r}")
+    sink: list = []
+    client = make_client_app(VaultPopulationSource(list(vaults)), record_dir)
+    server = make_server_app(ServerSetup(config, list(labels)), sink)
+    history = run_in_simulation(server, client, len(vaults), num_cpus, sink)
     if history is None:
         raise FederationSetupError("the Flower simulation ended without a result (see the log above)")
     return history

@@ -7,7 +7,7 @@ profile name is personal and never leaves the device (not in headers, metrics or
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from flwr.app import Context
 
     from personal.examples import Example
+    from personal.vault import Vault
     from privacy.budget import ReleaseGate
     from privacy.randomness import NoiseSource
 
@@ -40,6 +41,10 @@ class DeviceHandle:
     # CSPRNG, whatever seed a server puts in the run config: a noise seed known to the server
     # would let it subtract the noise.
     seeded_noise: bool = False
+    # The device's own events, chronological (the habit scorer trains on them; never sent) and its
+    # vault (where the scorer's final weights are stored). A simulated device without a vault has neither.
+    events: list = field(default_factory=list)
+    vault: "Vault | None" = None
 
     def noise_rng(self, seed: int | None, server_round: int, context: "Context") -> "NoiseSource":
         """The device's noise generator for one round (`federation.device.noise_rng`)."""
@@ -123,23 +128,62 @@ class VaultSource:
     holdout: float = 0.2
 
     def open(self, context: "Context") -> DeviceHandle:
-        from federation.device import device_identity, split_examples
-        from personal.examples import events_to_examples
-        from personal.vault import Vault
-        from privacy.budget import ReleaseGate
-
         cfg = context.node_config
         env = str(cfg.get("passphrase-env", PASSPHRASE_ENV))
         if env not in os.environ:
             raise FederationSetupError(f"the device's vault passphrase is not in ${env}")
-        vault = Vault.open(str(cfg["vault"]), os.environ[env])
-        try:  # the handle owns the vault from here on; until it exists, a failure must close it
-            profile = str(cfg.get("profile", "default"))
-            examples = events_to_examples(vault.events(profile), history=self.history)
-            train, test = split_examples(examples, self.holdout)
-            signer = vault.signing_key()
-            gate = ReleaseGate(vault.db, signer=signer)
-        except BaseException:
-            vault.close()
-            raise
-        return DeviceHandle(device_identity(signer.public_key()), train, test, gate, profile, vault.close)
+        return open_vault_device(str(cfg["vault"]), os.environ[env], str(cfg.get("profile", "default")),
+                                 self.history, self.holdout)
+
+
+@dataclass(frozen=True)
+class VaultRef:
+    """Where a simulated device's vault is: path, passphrase and profile."""
+
+    path: str
+    passphrase: str
+    profile: str = "default"
+
+
+@dataclass
+class VaultPopulationSource:
+    """Simulation with real vaults: node `partition-id` i runs vaults[i] (its events, its sealed key,
+    its ledger). A simulation may run seeded, so the gate accepts (and records) seeded noise. Its
+    devices are named by their profiles, as PopulationSource's and the fast engine's owners are (a
+    real device's id is key-derived: VaultSource)."""
+
+    vaults: list[VaultRef]
+    history: int = 3
+    holdout: float = 0.2
+    accountant: str = "rdp"  # as simulations' gates: PLD costs ~1 s per ledger check on 2 cores
+
+    def open(self, context: "Context") -> DeviceHandle:
+        index = int(context.node_config["partition-id"]) % len(self.vaults)
+        ref = self.vaults[index]
+        handle = open_vault_device(ref.path, ref.passphrase, ref.profile, self.history, self.holdout,
+                                   seeded=True, accountant=self.accountant)
+        handle.noise_stream, handle.device_id = index, ref.profile
+        return handle
+
+
+def open_vault_device(path: str, passphrase: str, profile: str, history: int, holdout: float, seeded: bool = False,
+                      accountant: str | None = None) -> DeviceHandle:
+    """A DeviceHandle on a vault: its examples (split), events, gate and id (`device_identity`).
+    `seeded`: a simulation's device (its gate accepts seeded noise); never for a real one."""
+    from federation.device import device_identity, split_examples
+    from personal.examples import events_to_examples
+    from personal.vault import Vault
+    from privacy.budget import ReleaseGate
+
+    vault = Vault.open(path, passphrase)
+    try:  # the handle owns the vault from here on; until it exists, a failure must close it
+        events = vault.events(profile)
+        train, test = split_examples(events_to_examples(events, history=history), holdout)
+        signer = vault.signing_key()
+        extra = {"accountant": accountant} if accountant else {}
+        gate = ReleaseGate(vault.db, signer=signer, allow_seeded_noise=seeded, **extra)
+    except BaseException:
+        vault.close()
+        raise
+    return DeviceHandle(device_identity(signer.public_key()), train, test, gate, profile, vault.close,
+                        seeded_noise=seeded, events=events, vault=vault)
