@@ -161,19 +161,14 @@ def train_scorer(cfg: "SimulationConfig", plan: ScorerPlan, devices: Sequence["S
 
 
 def store_weights(devices: Sequence["SimDevice"], outcome: ScorerOutcome, labels: Sequence[str], run: str) -> None:
-    """Each device keeps the scorer's final shared weights and the check's verdict in its vault (what
-    `suggest` reads: it ranks with the weights only if the check kept them)."""
-    import math
+    """Each device keeps the scorer's final shared weights and the check's verdict in its vault, as a
+    Flower device does (`federation.habit_clientapp.store_scorer`: what `suggest` reads; it ranks with
+    the weights only if the check kept them)."""
+    from federation.habit_clientapp import store_scorer
 
-    from personal.habits import ARTEFACT_KIND, ARTEFACT_NAME, weights_to_bytes
-
-    data = weights_to_bytes(outcome.weights, labels)
     for d in devices:
-        eps = outcome.spent.get(d.user)
         with d.open_gate() as (vault, _gate):
-            vault.put_artefact(d.user, ARTEFACT_KIND, ARTEFACT_NAME, data,
-                               {"run": run, "epsilon": eps if eps is not None and math.isfinite(eps) else None,
-                                "check": outcome.check.to_json()})
+            store_scorer(vault, d.user, outcome.weights, labels, run, outcome.spent.get(d.user), outcome.check.to_json())
 
 
 def habit_log_probs(d: "SimDevice", labels: Sequence[str], weights: dict[str, np.ndarray] | None,
