@@ -21,7 +21,7 @@ from typing import Optional
 
 import typer
 
-from federation.config import FederationConfig
+from federation.config import SCORER_LOCAL_LR as SCORER_LR, FederationConfig
 from privacy.errors import HomebodyError
 
 federate_app = typer.Typer(help="Federated learning across devices through Flower (server, device, run).", no_args_is_help=True)
@@ -146,8 +146,8 @@ def run(
                                           "fraction of the time taken so far (at least 5 s); 0 waits for all (or the timeout)."),
     model: str = typer.Option(_FED.model, help="lora (the shared LoRA adapter) | habit-scorer (the habit scorer's "
                               "shared weights, then the usefulness check; each device stores them for `suggest`)."),
-    local_lr: float = typer.Option(_FED.local_lr, help="Step size of a device's local steps (the simulations' habit "
-                                   "scorer runs use 1.0)."),
+    local_lr: Optional[float] = typer.Option(None, help="Step size of a device's local steps (default: the model's own: "
+                                             f"lora {_FED.local_lr:g}, habit-scorer {SCORER_LR:g})."),
     home: Path = typer.Option(Path(".homebody-federation"), help=HOME_HELP),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP: tests on 127.0.0.1 only."),
     ca_cert: Optional[Path] = typer.Option(None, help="CA certificate (PEM)."),
@@ -160,7 +160,7 @@ def run(
         raise FederateCliError("secagg mode runs on Flower's legacy API: see docs/federation.md (federation.secagg)")
     cfg = FederationConfig(rounds=rounds, noise_multiplier=noise_multiplier, clip_norm=clip_norm, encoding=encoding, mode=mode,
                            min_available_devices=min_devices, min_train_devices=min_devices, min_evaluate_devices=min_devices,
-                           straggler_grace=straggler_grace, model=model, local_lr=local_lr)
+                           straggler_grace=straggler_grace, model=model, local_lr=model_local_lr(model, local_lr))
     home = _absolute(home)
     env = deploy.flower_env(home)
     deploy.write_connection(Path(env["FLWR_HOME"]), superlink, tls, insecure)
@@ -168,6 +168,13 @@ def run(
     if labels:
         overrides["labels"] = labels
     _foreground("flwr-run", deploy.run_command(run_config=overrides), env, home)
+
+
+def model_local_lr(model: str, local_lr: float | None) -> float:
+    """`--local-lr` if given, else the model's own step size (the scorer's is not LoRA's)."""
+    if local_lr is not None:
+        return local_lr
+    return SCORER_LR if model == "habit-scorer" else _FED.local_lr
 
 
 _RUN_KEYS = ("rounds", "noise-multiplier", "clip-norm", "encoding", "mode", "min-available-devices", "min-train-devices",

@@ -83,7 +83,7 @@ class ScorerOutcome:
 def scorer_plan(cfg: "SimulationConfig", n_devices: int, run_id: str) -> ScorerPlan:
     """Noise for the scorer's share of the user-level epsilon (all of it with --predictor habit): the
     scorer's rounds at q = cohort / devices get 1 - CHECK_SHARE of it, the usefulness check the rest."""
-    from federation.config import FederationConfig
+    from federation.config import SCORER_LOCAL_LR, FederationConfig
     from federation.habit_check import CHECK_SHARE, CheckRun, check_config, check_noise
     from federation.habit_round import ScorerRun, scorer_noise
     from privacy.accountant import SubsampledGaussian
@@ -95,7 +95,7 @@ def scorer_plan(cfg: "SimulationConfig", n_devices: int, run_id: str) -> ScorerP
     sigma = 0.0 if eps is None else scorer_noise(eps * (1 - CHECK_SHARE), k, n_devices, cfg.scorer_rounds, cfg.delta,
                                                  accountant=GATE_ACCOUNTANT)
     config = FederationConfig(rounds=cfg.scorer_rounds, mode=cfg.federation_mode, clip_norm=cfg.scorer_clip,
-                              noise_multiplier=sigma, delta=cfg.delta, local_epochs=1, local_lr=1.0,
+                              noise_multiplier=sigma, delta=cfg.delta, local_epochs=1, local_lr=SCORER_LOCAL_LR,
                               secagg_min_devices=max(1, k), fraction_train=q, min_train_devices=min(2, k),
                               min_available_devices=min(2, n_devices))
     run = ScorerRun(rounds=cfg.scorer_rounds, cohort=k, run=f"{run_id}-habit-scorer", noise_seed=cfg.seed + SEED_OFFSET)

@@ -123,8 +123,10 @@ def _cases() -> dict[str, Case]:
         "audit empirical": (_fields(EmpiricalAuditConfig()), {},
                             {"epsilon", "no_noise", "white_box", "canaries", "examples", "epochs", "batch_size",
                              "sample_rate", "json_path"}),
+        # local_lr None: the model's own step size (FederationConfig.local_lr for lora, SCORER_LOCAL_LR for
+        # habit-scorer), resolved inside the command (test_the_scorer_has_one_local_step_size below)
         "federate run": (_fields(FederationConfig()), {"min_devices": ("min_train_devices", None)},
-                         {"superlink", "labels", "home", "insecure", "ca_cert"}),
+                         {"superlink", "labels", "home", "insecure", "ca_cert", "local_lr"}),
     }
 
 
@@ -240,3 +242,17 @@ def test_simulation_and_suggest_share_the_predictor_defaults() -> None:
     assert SimulationConfig().predictor == fields["predictor"] == DEFAULT_PREDICTOR
     assert SimulationConfig().combine_weight == COMBINE_WEIGHT
     assert SIM_PREDICTORS is PREDICTORS
+
+
+def test_the_scorer_has_one_local_step_size() -> None:
+    """`federate run --model habit-scorer` and the simulations' scorer use the same step size
+    (federation.config.SCORER_LOCAL_LR); LoRA keeps FederationConfig.local_lr; an explicit value wins."""
+    from federation.cli import model_local_lr
+    from federation.config import SCORER_LOCAL_LR, FederationConfig
+    from simulations.config import SimulationConfig
+    from simulations.habit_sim import scorer_plan
+
+    assert model_local_lr("habit-scorer", None) == SCORER_LOCAL_LR != FederationConfig().local_lr
+    assert model_local_lr("lora", None) == FederationConfig().local_lr
+    assert model_local_lr("habit-scorer", 0.3) == 0.3
+    assert scorer_plan(SimulationConfig(), 10, "r").config.local_lr == SCORER_LOCAL_LR
